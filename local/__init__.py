@@ -1,0 +1,1 @@
+"""Recipe-side Python: data preparation, teacher training helpers, reports (run.sh calls these)."""

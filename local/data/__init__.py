@@ -1,0 +1,1 @@
+"""Corpus preparation: audio checks, Kaldi data dirs, fairseq manifests, corpus builders."""

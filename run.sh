@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Fast distillation of speech foundation models by interleaved stacking: the staged recipe.
+#
+#   ./run.sh --stage 1 --stop-stage 5                # the embedded default, on CPU
+#   ./run.sh --librispeech-root /data/LibriSpeech --teacher-ckpt hubert_base_ls960.pt --ngpu 4
+#
+# Stages: 1 data prep, 2 teacher, 3 distillation with growth, 4 downstream ASR (ESPnet),
+# 5 SUPERB evaluation. Every stage reads files and writes files, so any stage reruns alone.
+set -euo pipefail
+
+help_message=$(sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//')
+
+stage=1
+stop_stage=5
+ngpu=0                      # GPUs for distillation (0: CPU)
+nj=2                        # parallel jobs for data prep
+librispeech_root=""         # LibriSpeech in its own layout; empty: the embedded espeak-ng corpus
+librispeech_splits="train-clean-100 dev-clean test-clean"
+teacher_ckpt=""             # a released fairseq HuBERT/wav2vec 2.0/data2vec checkpoint; empty: train one
+expdir=exp
+datadir=data
+corpus_dir=db/synth         # where the embedded corpus's audio goes
+corpus_config=conf/corpus/synth.yaml
+teacher_config=hubert_tiny  # conf/teacher/<name>.yaml, for the embedded teacher
+
+cd "$(dirname "$0")"
+. utils/parse_options.sh
+
+log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (${0##*/}:${BASH_LINENO[0]}) $*"; }
+not_yet() { log "Stage $1 ($2) is not implemented yet"; exit 2; }
+
+./local/setup_env.sh
+. ./path.sh
+
+if [ -n "${librispeech_root}" ]; then
+  read -r -a _splits <<< "${librispeech_splits}"
+  train_set=${_splits[0]//-/_}
+  valid_set=${_splits[1]//-/_}
+else
+  train_set=train
+  valid_set=dev
+fi
+teacher_dir=${expdir}/teacher
+
+if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
+  if [ -n "${librispeech_root}" ]; then
+    log "Stage 1: LibriSpeech (${librispeech_splits}) from ${librispeech_root} -> ${datadir}"
+    # shellcheck disable=SC2086
+    python -m local.data.prepare librispeech --root "${librispeech_root}" --splits ${librispeech_splits} \
+      --data-dir "${datadir}" --nj "${nj}"
+  else
+    log "Stage 1: synthesising the embedded corpus (${corpus_config}) -> ${corpus_dir}, ${datadir}"
+    python -m local.data.prepare synth --config "${corpus_config}" --corpus-dir "${corpus_dir}" \
+      --data-dir "${datadir}" --nj "${nj}"
+  fi
+  python -m local.data.summary "${datadir}"
+fi
+
+if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
+  if [ -n "${teacher_ckpt}" ]; then
+    log "Stage 2: checking the teacher ${teacher_ckpt} -> ${teacher_dir}/teacher.pt"
+    python -m local.teacher.import_checkpoint "${teacher_ckpt}" "${teacher_dir}/teacher.pt"
+  else
+    log "Stage 2a: MFCC k-means labels for HuBERT pre-training -> ${teacher_dir}/labels"
+    python -m local.teacher.kmeans_labels --manifest-dir "${datadir}/manifests" \
+      --train-split "${train_set}" --splits "${train_set}" "${valid_set}" \
+      --config "conf/teacher/${teacher_config}.yaml" --out-dir "${teacher_dir}/labels"
+    log "Stage 2b: training the teacher with fairseq-hydra-train (conf/teacher/${teacher_config}.yaml)"
+    fairseq-hydra-train --config-dir "${MAIN_ROOT}/conf/teacher" --config-name "${teacher_config}" \
+      task.data="${MAIN_ROOT}/${datadir}/manifests" task.label_dir="${MAIN_ROOT}/${teacher_dir}/labels" \
+      dataset.train_subset="${train_set}" dataset.valid_subset="${valid_set}" \
+      checkpoint.save_dir="${MAIN_ROOT}/${teacher_dir}/checkpoints" \
+      hydra.run.dir="${MAIN_ROOT}/${teacher_dir}/hydra" 2>&1 | tee -a "${teacher_dir}/train.log"
+    python -m local.teacher.finalize "${teacher_dir}/checkpoints/checkpoint_last.pt" "${teacher_dir}/teacher.pt"
+    log "Stage 2c: masked-prediction accuracy on ${valid_set}, teacher vs random init"
+    python -m local.teacher.evaluate --checkpoint "${teacher_dir}/teacher.pt" \
+      --data "${datadir}/manifests" --label-dir "${teacher_dir}/labels" --split "${valid_set}" \
+      --out "${teacher_dir}/accuracy.md"
+  fi
+fi
+
+if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
+  not_yet 3 "distillation with interleaved growth"
+fi
+if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
+  not_yet 4 "downstream ASR with ESPnet"
+fi
+if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
+  not_yet 5 "SUPERB evaluation"
+fi
+log "Finished stages ${stage}-${stop_stage}"
