@@ -22,6 +22,7 @@ datadir=data
 corpus_dir=db/synth         # where the embedded corpus's audio goes
 corpus_config=conf/corpus/synth.yaml
 teacher_config=hubert_tiny  # conf/teacher/<name>.yaml, for the embedded teacher
+kmeans_clusters=50          # its k-means targets (MFCC, one iteration)
 
 cd "$(dirname "$0")"
 . utils/parse_options.sh
@@ -59,19 +60,19 @@ fi
 if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
   if [ -n "${teacher_ckpt}" ]; then
     log "Stage 2: checking the teacher ${teacher_ckpt} -> ${teacher_dir}/teacher.pt"
-    python -m local.teacher.import_checkpoint "${teacher_ckpt}" "${teacher_dir}/teacher.pt"
+    python -m local.teacher.install "${teacher_ckpt}" "${teacher_dir}/teacher.pt"
   else
     log "Stage 2a: MFCC k-means labels for HuBERT pre-training -> ${teacher_dir}/labels"
-    python -m local.teacher.kmeans_labels --manifest-dir "${datadir}/manifests" \
-      --train-split "${train_set}" --splits "${train_set}" "${valid_set}" \
-      --config "conf/teacher/${teacher_config}.yaml" --out-dir "${teacher_dir}/labels"
+    local/teacher/kmeans_labels.sh --manifest-dir "${datadir}/manifests" \
+      --train-split "${train_set}" --splits "${train_set} ${valid_set}" \
+      --n-clusters "${kmeans_clusters}" --nj "${nj}" --out-dir "${teacher_dir}/labels"
     log "Stage 2b: training the teacher with fairseq-hydra-train (conf/teacher/${teacher_config}.yaml)"
     fairseq-hydra-train --config-dir "${MAIN_ROOT}/conf/teacher" --config-name "${teacher_config}" \
       task.data="${MAIN_ROOT}/${datadir}/manifests" task.label_dir="${MAIN_ROOT}/${teacher_dir}/labels" \
       dataset.train_subset="${train_set}" dataset.valid_subset="${valid_set}" \
       checkpoint.save_dir="${MAIN_ROOT}/${teacher_dir}/checkpoints" \
-      hydra.run.dir="${MAIN_ROOT}/${teacher_dir}/hydra" 2>&1 | tee -a "${teacher_dir}/train.log"
-    python -m local.teacher.finalize "${teacher_dir}/checkpoints/checkpoint_last.pt" "${teacher_dir}/teacher.pt"
+      hydra.run.dir="${MAIN_ROOT}/${teacher_dir}/hydra"
+    python -m local.teacher.install --copy "${teacher_dir}/checkpoints/checkpoint_last.pt" "${teacher_dir}/teacher.pt"
     log "Stage 2c: masked-prediction accuracy on ${valid_set}, teacher vs random init"
     python -m local.teacher.evaluate --checkpoint "${teacher_dir}/teacher.pt" \
       --data "${datadir}/manifests" --label-dir "${teacher_dir}/labels" --split "${valid_set}" \

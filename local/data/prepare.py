@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 from local.atomic import atomic_dir
@@ -88,7 +89,8 @@ def prepare_librispeech(root: Path, split_names: list[str], data_dir: Path, nj: 
     write_data(data_dir, splits, key)
 
 
-def main(argv: list[str] | None = None) -> None:
+def run(argv: list[str] | None = None) -> None:
+    """Parse arguments and prepare; bad input raises a ValueError naming the file."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="corpus", required=True)
     p_synth = sub.add_parser("synth", help="synthesise the embedded espeak-ng corpus")
@@ -108,6 +110,13 @@ def main(argv: list[str] | None = None) -> None:
         prepare_synth(args.config, args.corpus_dir, args.data_dir, args.nj)
     else:
         prepare_librispeech(args.root, args.splits, args.data_dir, args.nj)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        run(argv)
+    except ValueError as exc:  # AudioError, KaldiDirError, ManifestError, LibriSpeechError
+        sys.exit(f"error: {exc}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,138 @@
+"""Loading fairseq speech checkpoints (HuBERT, wav2vec 2.0, data2vec audio) with clear errors.
+
+Loading itself is fairseq's `checkpoint_utils.load_model_ensemble_and_task`; this module only
+looks at the file first, so that a wrong file fails with a message naming it and saying what it
+is, instead of a KeyError deep inside fairseq's upgrade code.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+# Pre-trained (self-supervised) speech models whose encoders we can distil from or export to.
+SPEECH_SSL_MODELS = ("hubert", "wav2vec2", "data2vec_audio")
+# Fine-tuned wrappers around those encoders: usable in principle, but not what a teacher is.
+FINETUNED_MODELS = ("hubert_ctc", "hubert_seq2seq", "wav2vec_ctc", "wav2vec_seq2seq", "data2vec_audio_ctc")
+
+
+class CheckpointError(ValueError):
+    """A file that is not the checkpoint expected; the message names the file and what it is."""
+
+
+@dataclass(frozen=True)
+class SpeechModelInfo:
+    model_name: str
+    task_name: str
+    layers: int
+    dim: int
+    ffn_dim: int
+    heads: int
+    params: int
+
+    def summary(self) -> str:
+        return (f"{self.model_name} ({self.task_name}): {self.layers} layers x {self.dim}, FFN {self.ffn_dim}, "
+                f"{self.heads} heads, {self.params / 1e6:.2f}M parameters")
+
+
+@contextlib.contextmanager
+def fairseq_pickles_allowed() -> Iterator[None]:
+    """fairseq checkpoints pickle Dictionary and Namespace objects, which torch >= 2.6 refuses to
+    load by default; fairseq's loader calls torch.load without `weights_only`, so say it here."""
+    old = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"]
+        else:
+            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = old
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """torch.load a checkpoint on CPU (memory-mapped where possible), or raise CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: checkpoint is empty (0 bytes); was it written to a full disk?")
+    try:
+        mmap = zipfile.is_zipfile(path)  # torch's zip format memory-maps; the legacy format can't
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint; truncated or corrupt? ({exc})") from exc
+    except (ModuleNotFoundError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: checkpoint pickles objects from code that is not installed ({exc})") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a fairseq checkpoint dict")
+    return state
+
+
+def _get(cfg: Any, key: str) -> Any:
+    if cfg is None:
+        return None
+    return cfg.get(key) if hasattr(cfg, "get") else getattr(cfg, key, None)
+
+
+def model_and_task_names(state: dict, path: str | Path) -> tuple[str, str]:
+    """The fairseq model and task names recorded in a checkpoint, from `cfg` or legacy `args`."""
+    if "model" not in state:
+        looks_like_state_dict = state and all(isinstance(v, torch.Tensor) for v in state.values())
+        hint = " (it looks like a bare state_dict)" if looks_like_state_dict else ""
+        raise CheckpointError(
+            f"{path}: not a fairseq checkpoint{hint}: no 'model' entry; top-level keys: {sorted(state)[:8]}")
+    cfg = state.get("cfg")
+    if cfg is not None:
+        return str(_get(_get(cfg, "model"), "_name")), str(_get(_get(cfg, "task"), "_name"))
+    args = state.get("args")
+    if args is not None:
+        return str(getattr(args, "arch", None) or getattr(args, "_name", None)), str(getattr(args, "task", None))
+    raise CheckpointError(f"{path}: not a fairseq checkpoint: neither 'cfg' nor 'args' records the model")
+
+
+def check_speech_checkpoint(path: str | Path) -> tuple[str, str]:
+    """Raise CheckpointError unless `path` is a pre-trained fairseq speech SSL checkpoint."""
+    model_name, task_name = model_and_task_names(read_checkpoint(path), path)
+    if model_name in FINETUNED_MODELS:
+        raise CheckpointError(
+            f"{path}: a fine-tuned fairseq model ({model_name}); give the pre-trained checkpoint it was "
+            f"fine-tuned from (one of {', '.join(SPEECH_SSL_MODELS)})")
+    if model_name not in SPEECH_SSL_MODELS:
+        raise CheckpointError(
+            f"{path}: a fairseq '{model_name}' model (task '{task_name}'), not a self-supervised speech model; "
+            f"expected one of {', '.join(SPEECH_SSL_MODELS)}, e.g. hubert_base_ls960.pt")
+    return model_name, task_name
+
+
+def load_speech_model(path: str | Path, arg_overrides: dict | None = None) -> tuple[torch.nn.Module, Any, Any]:
+    """Check, then load with fairseq's own loader: returns (model in eval mode, cfg, task).
+
+    `arg_overrides` is fairseq's: e.g. {"data": ..., "label_dir": ...} to point the task elsewhere.
+    """
+    from fairseq import checkpoint_utils
+
+    check_speech_checkpoint(path)
+    with fairseq_pickles_allowed():
+        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(path)], arg_overrides=arg_overrides)
+    model = models[0].eval()
+    return model, cfg, task
+
+
+def describe(model: torch.nn.Module, cfg: Any) -> SpeechModelInfo:
+    mcfg = cfg.model
+    return SpeechModelInfo(
+        model_name=str(mcfg._name),
+        task_name=str(cfg.task._name),
+        layers=len(model.encoder.layers),
+        dim=int(mcfg.encoder_embed_dim),
+        ffn_dim=int(mcfg.encoder_ffn_embed_dim),
+        heads=int(mcfg.encoder_attention_heads),
+        params=sum(p.numel() for p in model.parameters()),
+    )

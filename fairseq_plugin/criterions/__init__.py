@@ -1,0 +1,1 @@
+from fairseq_plugin.criterions import layer_distillation  # noqa: F401

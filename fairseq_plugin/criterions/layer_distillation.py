@@ -1,0 +1,103 @@
+"""The distillation loss: the teacher's last layer plus layer-to-layer targets fixed through growth.
+
+    L = D(teacher[last], head_0(student[last]))
+        + layer_weight * mean_k D(teacher[t_k], head_k(student[s_k(depth)]))
+
+where t_k are `task.teacher_layers` (default 4/8/12 of 12) and s_k(depth) = round(t_k * depth /
+teacher_depth) is the student layer at the same relative depth, so the targets stay put while
+the student grows (at 3 layers: 1/2/3; at 12: 4/8/12). D is MSE (the interleaved-stacking
+paper), or L1 - log sigmoid(cosine) (DistilHuBERT, DPHuBERT). Padded frames are excluded.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from fairseq import metrics
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import FairseqDataclass
+
+
+@dataclass
+class LayerDistillationConfig(FairseqDataclass):
+    loss: str = field(default="mse", metadata={"help": "mse, or l1_cosine (DistilHuBERT's L1 - log sigmoid(cos))"})
+    layer_weight: float = field(default=0.5, metadata={"help": "weight of the layer-to-layer terms"})
+    cosine_weight: float = field(default=1.0, metadata={"help": "weight of the cosine term in l1_cosine"})
+    nonfinite: str = field(
+        default="stop", metadata={"help": "on a NaN/inf loss: stop (raise, naming the update) or skip the batch"})
+
+
+def student_layer_for(teacher_layer: int, teacher_depth: int, student_depth: int) -> int:
+    """The 1-based student layer at the same relative depth as `teacher_layer`."""
+    return max(1, min(student_depth, math.floor(teacher_layer * student_depth / teacher_depth + 0.5)))
+
+
+@register_criterion("layer_distillation", dataclass=LayerDistillationConfig)
+class LayerDistillationCriterion(FairseqCriterion):
+    def __init__(self, cfg: LayerDistillationConfig, task):
+        super().__init__(task)
+        if cfg.loss not in ("mse", "l1_cosine"):
+            raise ValueError(f"criterion.loss={cfg.loss!r}: choose mse or l1_cosine")
+        if cfg.nonfinite not in ("stop", "skip"):
+            raise ValueError(f"criterion.nonfinite={cfg.nonfinite!r}: choose stop or skip")
+        self.cfg = cfg
+
+    def distance(self, pred: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        pred, target = pred[keep].float(), target[keep].float()
+        if self.cfg.loss == "mse":
+            return F.mse_loss(pred, target)
+        cos = F.cosine_similarity(pred, target, dim=-1)
+        return F.l1_loss(pred, target) - self.cfg.cosine_weight * F.logsigmoid(cos).mean()
+
+    def forward(self, model, sample, reduce=True):
+        out = model(**sample["net_input"])
+        student = model.module if hasattr(model, "module") else model
+        layers, padding_mask = out["layers"], out["padding_mask"]
+        teacher = sample["teacher"]
+        task = self.task
+        first = next(iter(teacher.values()))
+        if first.shape[:2] != layers[-1].shape[:2]:
+            raise ValueError(f"teacher gives {tuple(first.shape[:2])} (batch, frames), student "
+                             f"{tuple(layers[-1].shape[:2])}: their CNN front ends must have the same frame rate")
+        keep = ~padding_mask if padding_mask is not None else torch.ones(first.shape[:2], dtype=torch.bool,
+                                                                          device=first.device)
+        depth = len(layers)
+        loss_last = self.distance(student.heads[0](layers[-1]), teacher[task.teacher_depth], keep)
+        logging_output = {"loss_last": loss_last.detach(), "depth": depth}
+        layer_terms = []
+        for k, t in enumerate(task.cfg.teacher_layers, start=1):
+            s = student_layer_for(t, task.teacher_depth, depth)
+            term = self.distance(student.heads[k](layers[s - 1]), teacher[t], keep)
+            layer_terms.append(term)
+            logging_output[f"loss_t{t}"] = term.detach()
+        loss = loss_last
+        if layer_terms:
+            loss = loss + self.cfg.layer_weight * torch.stack(layer_terms).mean()
+        if not torch.isfinite(loss):
+            if self.cfg.nonfinite == "stop":
+                raise FloatingPointError(
+                    f"non-finite distillation loss ({loss.item()}) at update {student.num_updates}; set "
+                    "criterion.nonfinite=skip to skip such batches (they are counted as nonfinite_skipped)")
+            loss = loss * 0.0  # keeps the graph; fairseq steps with a zero gradient for this batch
+            logging_output["nonfinite_skipped"] = 1
+        frames = int(keep.sum())
+        logging_output.update(loss=loss.detach(), sample_size=1, nsentences=first.size(0), ntokens=frames)
+        return loss, 1, logging_output
+
+    @classmethod
+    def reduce_metrics(cls, logging_outputs) -> None:
+        n = sum(log.get("sample_size", 0) for log in logging_outputs) or 1
+        keys = {k for log in logging_outputs for k in log if k == "loss" or k.startswith("loss_")}
+        for key in sorted(keys):
+            metrics.log_scalar(key, sum(float(log.get(key, 0)) for log in logging_outputs) / n, n, round=4)
+        metrics.log_scalar("depth", max(log.get("depth", 0) for log in logging_outputs), weight=0)
+        skipped = sum(log.get("nonfinite_skipped", 0) for log in logging_outputs)
+        if skipped:
+            metrics.log_scalar("nonfinite_skipped", skipped, weight=0, priority=1)
+        metrics.log_scalar("ntokens", sum(log.get("ntokens", 0) for log in logging_outputs), weight=0)
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return False

@@ -1,0 +1,138 @@
+"""Depth growth: which layer each new layer is copied from, and when the student grows.
+
+Operators are pure functions: given the current depth and how many layers to add, they return
+the new layer order as source positions. `new[i] = j` means "layer i of the grown model starts as
+a copy of layer j of the current one"; the first occurrence of each j is the original itself.
+
+Growing 3 -> 6 -> 9 -> 12 by 3 layers per stage. a, b, c are the three initial layers; a copy
+keeps its origin's letter and is numbered by the growth that made it (a2 is a copy of a1):
+
+    interleaved   3: a  b  c
+                  6: a  a1 b  b1 c  c1                   every layer copied right after itself
+                  9: a  a1 a2 b  b1 b2 c  c1 c2          every 2nd layer (the last of each block)
+                 12: a  a1 a2 a3 b  b1 b2 b3 c  c1 c2 c3 every 3rd: each initial layer is a block of 4
+    stack_top     6: a  b  c  a1 b1 c1                   the top 3 layers, copied on top
+                  9: a  b  c  a1 b1 c1 a2 b2 c2
+                 12: a  b  c  a1 b1 c1 a2 b2 c2 a3 b3 c3
+    midas         6: a  b  c  a1 b1 c1                   the middle 3 layers, copied after themselves
+                  9: a  b  c  a1 b2 c2 a2 b1 c1          (middle of 6: b c a1)
+                 12: a  b  c  a1 b2 c2 a3 b3 c3 a2 b1 c1 (middle of 9: a1 b2 c2)
+    none         12 layers from the first update.
+
+In general, adding n layers to depth d, interleaved copies the layers at positions
+(k+1)*d//n - 1 for k < n (1-based: d/n, 2d/n, ..., d) and inserts each copy right after its source.
+
+Interleaved stacking keeps every layer's relative depth: early layers stay early, late stay late.
+Stacking on top (gradual stacking) or in the middle (MIDAS) moves layers to new relative depths.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OPERATORS = ("interleaved", "stack_top", "midas", "none")
+SCHEDULES = ("eql", "prop", "explicit")
+
+
+class GrowthConfigError(ValueError):
+    """A growth setting that cannot work; the message says which and why."""
+
+
+def interleaved(depth: int, n_new: int) -> list[int]:
+    """Copy `n_new` evenly spaced layers (the last of each block of depth/n_new) right after themselves."""
+    copied = {((k + 1) * depth) // n_new - 1 for k in range(n_new)}
+    order = []
+    for j in range(depth):
+        order.append(j)
+        if j in copied:
+            order.append(j)
+    return order
+
+
+def stack_top(depth: int, n_new: int) -> list[int]:
+    """Copy the top `n_new` layers and put the copies on top."""
+    return list(range(depth)) + list(range(depth - n_new, depth))
+
+
+def midas(depth: int, n_new: int) -> list[int]:
+    """Copy the middle block of `n_new` layers and insert the copy right after that block."""
+    start = (depth - n_new) // 2
+    block = list(range(start, start + n_new))
+    return list(range(start + n_new)) + block + list(range(start + n_new, depth))
+
+
+_OPERATORS = {"interleaved": interleaved, "stack_top": stack_top, "midas": midas}
+
+
+def grow_order(operator: str, depth: int, n_new: int) -> list[int]:
+    """The new layer order (as source positions) after adding `n_new` layers to `depth`."""
+    if operator not in _OPERATORS:
+        raise GrowthConfigError(f"growth operator {operator!r} cannot grow; choose one of {', '.join(_OPERATORS)}")
+    if not 0 < n_new <= depth:
+        raise GrowthConfigError(f"cannot add {n_new} layers to a {depth}-layer model (copies need 1..{depth} sources)")
+    return _OPERATORS[operator](depth, n_new)
+
+
+@dataclass(frozen=True)
+class Stage:
+    start_update: int
+    depth: int
+
+
+def plan_stages(
+    schedule: str,
+    total_updates: int,
+    start_depth: int,
+    target_depth: int,
+    layers_per_growth: int,
+    explicit: str = "",
+) -> list[Stage]:
+    """The depth for each stretch of updates.
+
+    eql:      equal numbers of updates per stage.
+    prop:     stage lengths in proportion 1:2:3:...: later, deeper stages train longer.
+    explicit: "update:depth,update:depth,...", e.g. "0:3,1000:6,2000:9,3000:12".
+    """
+    if schedule == "explicit":
+        try:
+            stages = [Stage(int(u), int(d)) for u, d in (item.split(":") for item in explicit.split(",") if item.strip())]
+        except ValueError as exc:
+            raise GrowthConfigError(f"explicit growth schedule {explicit!r}: expected 'update:depth,...' ({exc})") from exc
+        if not stages or stages[0].start_update != 0:
+            raise GrowthConfigError(f"explicit growth schedule {explicit!r} must start at update 0")
+    elif schedule in ("eql", "prop"):
+        if (target_depth - start_depth) % layers_per_growth:
+            raise GrowthConfigError(
+                f"growth from {start_depth} to {target_depth} layers in steps of {layers_per_growth} "
+                f"cannot reach the target depth; make {target_depth} - {start_depth} a multiple of {layers_per_growth}")
+        n_stages = (target_depth - start_depth) // layers_per_growth + 1
+        weights = [1] * n_stages if schedule == "eql" else list(range(1, n_stages + 1))
+        stages, acc = [], 0
+        for k, w in enumerate(weights):
+            stages.append(Stage(total_updates * acc // sum(weights), start_depth + k * layers_per_growth))
+            acc += w
+    else:
+        raise GrowthConfigError(f"growth schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    for a, b in zip(stages, stages[1:]):
+        if b.start_update <= a.start_update:
+            raise GrowthConfigError(f"growth schedule: update {b.start_update} does not come after {a.start_update}")
+        if b.depth <= a.depth:
+            raise GrowthConfigError(f"growth schedule shrinks or stalls: depth {a.depth} -> {b.depth} at update {b.start_update}")
+        if b.depth > 2 * a.depth:
+            raise GrowthConfigError(f"growth schedule: {a.depth} -> {b.depth} layers needs more copies than there are layers")
+    if stages[-1].depth != target_depth:
+        raise GrowthConfigError(
+            f"growth schedule ends at depth {stages[-1].depth}, not the model's {target_depth} layers")
+    if total_updates and stages[-1].start_update >= total_updates:
+        raise GrowthConfigError(
+            f"growth schedule reaches depth {target_depth} at update {stages[-1].start_update}, "
+            f"after the run ends ({total_updates} updates)")
+    return stages
+
+
+def depth_at(stages: list[Stage], update: int) -> int:
+    """The depth the student should have for the update numbered `update` (0-based)."""
+    depth = stages[0].depth
+    for stage in stages:
+        if update >= stage.start_update:
+            depth = stage.depth
+    return depth

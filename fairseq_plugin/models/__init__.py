@@ -1,0 +1,1 @@
+from fairseq_plugin.models import student  # noqa: F401

@@ -1,0 +1,1 @@
+from fairseq_plugin.tasks import distillation  # noqa: F401

@@ -1,0 +1,203 @@
+"""The distillation task: raw audio from fairseq manifests, a frozen teacher, a growing student.
+
+Each step: the frozen teacher (loaded with fairseq's checkpoint utilities, run only up to the
+deepest layer the loss needs) gives its layer outputs; the criterion compares the student's with
+them. Before the step, the student grows if the schedule says so (`_grow_if_due`).
+
+The teacher is kept off the model on purpose: it is never put in train mode by `model.train()`,
+never enters a checkpoint, the optimizer or DDP.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import List
+
+import torch
+from fairseq import metrics
+from fairseq.data import BaseWrapperDataset, data_utils
+from fairseq.dataclass import FairseqDataclass
+from fairseq.tasks import register_task
+from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
+from omegaconf import II
+
+from fairseq_plugin import growth
+from fairseq_plugin.checkpoints import describe, load_speech_model
+from fairseq_plugin.encoder_outputs import layer_outputs
+from fairseq_plugin.surgery import grow_student
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GrowthConfig(FairseqDataclass):
+    operator: str = field(
+        default="interleaved",
+        metadata={"help": "interleaved (copy right after the source), stack_top (copies on top), "
+                          "midas (middle block copied), none (full depth from the start)"})
+    schedule: str = field(
+        default="eql", metadata={"help": "eql (equal stages), prop (stage lengths 1:2:3:..), explicit"})
+    explicit: str = field(
+        default="", metadata={"help": "for schedule=explicit: 'update:depth,...', e.g. '0:3,1000:6,2000:9,3000:12'"})
+    start_depth: int = field(default=3, metadata={"help": "depth at update 0"})
+    layers_per_growth: int = field(default=3, metadata={"help": "layers added at each growth"})
+    total_updates: int = field(
+        default=II("optimization.max_update"), metadata={"help": "updates the schedule spans"})
+    measure_spike: bool = field(
+        default=True, metadata={"help": "log the loss on the growth batch just before and after growing"})
+
+
+@dataclass
+class DistillationConfig(AudioPretrainingConfig):
+    teacher_checkpoint: str = field(
+        default="???", metadata={"help": "fairseq HuBERT / wav2vec 2.0 / data2vec audio checkpoint"})
+    teacher_layers: List[int] = field(
+        default_factory=lambda: [4, 8, 12],
+        metadata={"help": "teacher layers (1-based) for the layer-to-layer loss; fixed through growth"})
+    enable_padding: bool = field(default=True, metadata={"help": "pad batches (with a padding mask) instead of cropping"})
+    growth: GrowthConfig = field(default_factory=GrowthConfig)
+
+
+class SeededCollater(BaseWrapperDataset):
+    """fairseq's audio datasets crop with the global numpy RNG; seed each batch from (seed, epoch,
+    first index) instead, so a resumed run sees exactly the crops of an uninterrupted one."""
+
+    def __init__(self, dataset, seed: int):
+        super().__init__(dataset)
+        self.seed = seed
+        self.epoch = 1
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        super().set_epoch(epoch)
+
+    def collater(self, samples):
+        first = samples[0]["id"] if samples else 0
+        with data_utils.numpy_seed(self.seed, self.epoch, first):
+            return self.dataset.collater(samples)
+
+
+@register_task("hubert_distillation", dataclass=DistillationConfig)
+class DistillationTask(AudioPretrainingTask):
+    cfg: DistillationConfig
+
+    def __init__(self, cfg: DistillationConfig):
+        super().__init__(cfg)
+        self.teacher, teacher_cfg, _ = load_speech_model(cfg.teacher_checkpoint)
+        self.teacher.requires_grad_(False)
+        info = describe(self.teacher, teacher_cfg)
+        self.teacher_dim = info.dim
+        self.teacher_depth = info.layers
+        bad = [t for t in cfg.teacher_layers if not 1 <= t <= info.layers]
+        if bad:
+            raise ValueError(
+                f"task.teacher_layers={list(cfg.teacher_layers)}: layer(s) {bad} beyond the teacher's "
+                f"{info.layers} layers ({cfg.teacher_checkpoint}); use indices in 1..{info.layers}")
+        teacher_normalize = bool(teacher_cfg.task.get("normalize", False))
+        if bool(cfg.normalize) != teacher_normalize:
+            raise ValueError(
+                f"task.normalize={cfg.normalize}, but the teacher {cfg.teacher_checkpoint} was trained with "
+                f"normalize={teacher_normalize}; set task.normalize={teacher_normalize}")
+        logger.info("teacher %s: %s", cfg.teacher_checkpoint, info.summary())
+        # Planned in build_model, once the student's final depth is known.
+        self.stages: list[growth.Stage] | None = None
+        self.start_depth: int | None = None
+
+    @property
+    def num_targets(self) -> int:
+        """Distillation targets: the teacher's last layer, then each of `teacher_layers`."""
+        return 1 + len(self.cfg.teacher_layers)
+
+    @property
+    def deepest_teacher_layer(self) -> int:
+        return max([self.teacher_depth, *self.cfg.teacher_layers])
+
+    def build_model(self, cfg, from_checkpoint=False):
+        g = self.cfg.growth
+        target = cfg.encoder_layers
+        if g.operator == "none":
+            self.start_depth = target
+            self.stages = [growth.Stage(0, target)]
+        else:
+            if g.operator not in growth.OPERATORS:
+                raise growth.GrowthConfigError(
+                    f"task.growth.operator={g.operator!r}: choose one of {', '.join(growth.OPERATORS)}")
+            self.stages = growth.plan_stages(g.schedule, g.total_updates, g.start_depth, target,
+                                             g.layers_per_growth, g.explicit)
+            self.start_depth = self.stages[0].depth
+        logger.info("growth (%s, %s): %s", g.operator, g.schedule,
+                    ", ".join(f"depth {s.depth} from update {s.start_update}" for s in self.stages))
+        return super().build_model(cfg, from_checkpoint)
+
+    def load_dataset(self, split: str, task_cfg: FairseqDataclass = None, **kwargs):
+        super().load_dataset(split, task_cfg, **kwargs)
+        if len(self.datasets[split]) == 0:
+            raise ValueError(f"{self.cfg.data}/{split}.tsv: manifest lists no usable audio "
+                             f"(none between min_sample_size={self.cfg.min_sample_size} and the batch limits)")
+        self.datasets[split] = SeededCollater(self.datasets[split], self.cfg.seed)
+
+    # -- teacher ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def teacher_outputs(self, sample) -> dict[int, torch.Tensor]:
+        """Teacher layer outputs keyed by 1-based layer, for the layers the loss needs."""
+        source = sample["net_input"]["source"]
+        if next(self.teacher.parameters()).device != source.device:
+            self.teacher.to(source.device)
+        self.teacher.eval()
+        layers, _ = layer_outputs(self.teacher, source, sample["net_input"].get("padding_mask"),
+                                  self.deepest_teacher_layer)
+        wanted = {self.teacher_depth, *self.cfg.teacher_layers}
+        return {i: layers[i - 1] for i in wanted}
+
+    # -- growth -----------------------------------------------------------------------------
+    def _grow_if_due(self, sample, model, criterion, optimizer, update_num: int) -> None:
+        student = model.module if hasattr(model, "module") else model
+        want = growth.depth_at(self.stages, update_num)
+        while student.live_depth < want:
+            depth = student.live_depth
+            n_new = min(want, 2 * depth) - depth
+            order = growth.grow_order(self.cfg.growth.operator, depth, n_new)
+            before = self._probe_loss(sample, model, criterion) if self.cfg.growth.measure_spike else None
+            grow_student(student, optimizer, order)
+            after = self._probe_loss(sample, model, criterion) if self.cfg.growth.measure_spike else None
+            logger.info("growth at update %d: depth %d -> %d, layer order %s%s", update_num, depth,
+                        student.live_depth, order,
+                        f", loss on this batch {before:.4f} -> {after:.4f}" if before is not None else "")
+            metrics.log_scalar("growth_loss_before", before or 0.0, weight=0, round=4)
+            metrics.log_scalar("growth_loss_after", after or 0.0, weight=0, round=4)
+            _check_replicas_agree(student)
+        if student.live_depth > want:
+            raise RuntimeError(
+                f"the student has {student.live_depth} layers at update {update_num}, but the growth schedule "
+                f"says {want}; was the run resumed with another task.growth setting?")
+
+    def _probe_loss(self, sample, model, criterion) -> float:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            loss, _, _ = criterion(model, sample)
+        model.train(was_training)
+        return float(loss)
+
+    # -- fairseq hooks ----------------------------------------------------------------------
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        sample["teacher"] = self.teacher_outputs(sample)
+        self._grow_if_due(sample, model, criterion, optimizer, update_num)
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    def valid_step(self, sample, model, criterion):
+        sample["teacher"] = self.teacher_outputs(sample)
+        return super().valid_step(sample, model, criterion)
+
+
+def _check_replicas_agree(student) -> None:
+    """After a growth, all data-parallel replicas must hold the same weights; check a checksum."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    checksum = torch.stack([p.detach().double().sum() for p in student.parameters()]).sum().reshape(1)
+    lo, hi = checksum.clone(), checksum.clone()
+    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+    if lo.item() != hi.item():
+        raise RuntimeError(f"replicas disagree after growth (weight checksums {lo.item()} vs {hi.item()})")
+    logger.info("replicas agree after growth (rank %d, checksum %.6f)", torch.distributed.get_rank(), lo.item())

@@ -1,0 +1,57 @@
+"""Check a fairseq speech checkpoint and install it as the recipe's teacher.
+
+    python -m local.teacher.install SRC DST [--copy]
+
+SRC must be a pre-trained fairseq HuBERT / wav2vec 2.0 / data2vec audio checkpoint; it is loaded
+with fairseq's own loader before anything is written. DST becomes a symlink to SRC (released
+checkpoints are large), or with --copy a copy (a training run may still overwrite SRC). Either
+appears in one rename, so DST is never half-written.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from fairseq_plugin.checkpoints import CheckpointError, describe, load_speech_model
+
+
+def install(src: Path, dst: Path, copy: bool) -> str:
+    model, cfg, _ = load_speech_model(src)
+    summary = describe(model, cfg).summary()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.tmp-", dir=dst.parent)
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        if copy:
+            shutil.copyfile(src, tmp)
+        else:
+            os.symlink(src.resolve(), tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("src", type=Path)
+    parser.add_argument("dst", type=Path)
+    parser.add_argument("--copy", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        summary = install(args.src, args.dst, args.copy)
+    except CheckpointError as exc:
+        sys.exit(f"error: {exc}")
+    how = "copy" if args.copy else "symlink"
+    print(f"installed {args.src} as {args.dst} ({how}): {summary}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Shared fixtures: a tiny embedded corpus and a tiny HuBERT teacher, both built for real by the
+recipe's own code (espeak-ng, fairseq's k-means scripts, fairseq-hydra-train), once per session."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from local.data import prepare
+
+REPO = Path(__file__).resolve().parents[1]
+# fairseq checkpoints pickle Dictionary objects; torch >= 2.6 refuses them unless told (path.sh does this).
+os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+
+
+def tiny_corpus_config(seed: int = 1234) -> dict:
+    """The real corpus config, cut down to 4 speakers and a few sentences and keywords."""
+    cfg = yaml.safe_load((REPO / "conf/corpus/synth.yaml").read_text())
+    cfg["seed"] = seed
+    cfg["speakers"] = dict(list(cfg["speakers"].items())[:4])
+    cfg["sentences_per_speaker"] = {"train": 4, "dev": 2, "test": 2}
+    cfg["keywords"] = cfg["keywords"][:3]
+    cfg["keyword_repeats"] = {"train": 1, "dev": 1, "test": 1}
+    return cfg
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    return path
+
+
+def run(cmd: list[str], cwd: Path = REPO, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """Root with `db/` (audio) and `data/` (Kaldi dirs + manifests) of the tiny corpus."""
+    root = tmp_path_factory.mktemp("tiny_corpus")
+    config = write_config(root / "synth.yaml", tiny_corpus_config())
+    prepare.prepare_synth(config, root / "db", root / "data", nj=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_corpus, tmp_path_factory) -> Path:
+    """A genuine fairseq HuBERT checkpoint (2 layers x 64), pre-trained for a few updates on the
+    tiny corpus through the recipe's own k-means script and fairseq-hydra-train."""
+    exp = tmp_path_factory.mktemp("tiny_teacher")
+    data = tiny_corpus / "data"
+    run(["bash", "local/teacher/kmeans_labels.sh", "--manifest-dir", str(data / "manifests"),
+         "--splits", "train dev", "--n-clusters", "8", "--out-dir", str(exp / "labels")])
+    run(["fairseq-hydra-train", "--config-dir", str(REPO / "conf/teacher"), "--config-name", "hubert_tiny",
+         f"task.data={data / 'manifests'}", f"task.label_dir={exp / 'labels'}",
+         f"checkpoint.save_dir={exp / 'checkpoints'}", f"hydra.run.dir={exp / 'hydra'}",
+         "model.encoder_layers=2", "model.encoder_embed_dim=64", "model.encoder_ffn_embed_dim=128",
+         "model.encoder_attention_heads=2", "model.final_dim=32",
+         "model.conv_feature_layers='[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2'",
+         "optimization.max_update=6", "lr_scheduler.warmup_updates=2", "dataset.max_tokens=64000",
+         "checkpoint.save_interval_updates=3", "dataset.validate_interval_updates=6"])
+    return exp / "checkpoints" / "checkpoint_last.pt"
