@@ -42,7 +42,7 @@ def _finetuned_checkpoint(path):
     (lambda p: None, "checkpoint does not exist"),
     (lambda p: p.write_bytes(b""), "checkpoint is empty"),
     (lambda p: p.write_text("hello"), "not a readable PyTorch checkpoint"),
-    (lambda p: torch.save({"w": torch.zeros(2)}, p), "bare state_dict"),
+    (lambda p: torch.save({"w": torch.zeros(2)}, p), "not a fairseq checkpoint \\(it looks like a bare state_dict\\)"),
     (lambda p: torch.save([1, 2], p), "holds a list"),
     (_text_model_checkpoint, "a fairseq 'transformer_lm' model .* not a self-supervised speech model"),
     (_finetuned_checkpoint, "a fine-tuned fairseq model \\(wav2vec_ctc\\)"),
