@@ -105,6 +105,9 @@ def plan_stages(
                 f"growth from {start_depth} to {target_depth} layers in steps of {layers_per_growth} "
                 f"cannot reach the target depth; make {target_depth} - {start_depth} a multiple of {layers_per_growth}")
         n_stages = (target_depth - start_depth) // layers_per_growth + 1
+        if total_updates < n_stages:
+            raise GrowthConfigError(
+                f"{total_updates} updates are too few for {n_stages} growth stages ({start_depth} -> {target_depth})")
         weights = [1] * n_stages if schedule == "eql" else list(range(1, n_stages + 1))
         stages, acc = [], 0
         for k, w in enumerate(weights):

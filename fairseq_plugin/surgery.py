@@ -95,5 +95,5 @@ def grow_student(student, optimizer, order: list[int]) -> None:
             elif state is None:
                 inner.state.pop(p, None)
             else:
-                inner.state[p] = state
+                inner.state[p] = _state_snapshot(state)  # each copy owns its moments
     student.depth.fill_(len(order))

@@ -33,10 +33,12 @@ def write_config(path: Path, cfg: dict) -> Path:
     return path
 
 
-def run(cmd: list[str], cwd: Path = REPO, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
-    if proc.returncode != 0:
+def run(cmd: list[str], cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a recipe command as path.sh would set it up; with `check`, fail the test on a non-zero exit."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MAIN_ROOT": str(REPO),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
 
@@ -67,3 +69,22 @@ def tiny_teacher(tiny_corpus, tmp_path_factory) -> Path:
          "optimization.max_update=6", "lr_scheduler.warmup_updates=2", "dataset.max_tokens=64000",
          "checkpoint.save_interval_updates=3", "dataset.validate_interval_updates=6"])
     return exp / "checkpoints" / "checkpoint_last.pt"
+
+
+TEST_STUDENT = [
+    # A student the shape of the tiny test teacher's front end, small enough for seconds per run.
+    "model.encoder_embed_dim=32", "model.encoder_ffn_embed_dim=64", "model.encoder_attention_heads=2",
+    "model.conv_feature_layers='[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2'",
+    "task.teacher_layers=[1,2]", "dataset.max_tokens=120000", "common.log_interval=1",
+    "lr_scheduler.warmup_updates=2",
+]
+
+
+def distill(tiny_corpus: Path, teacher: Path, out: Path, *overrides: str, launcher: list[str] | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+    """One fairseq-hydra-train run of the distillation plugin with the `tiny` preset, cut down."""
+    cmd = [*(launcher or []), "fairseq-hydra-train", "--config-dir", str(REPO / "conf/distill"),
+           "--config-name", "tiny", f"task.data={tiny_corpus / 'data/manifests'}",
+           f"task.teacher_checkpoint={teacher}", f"checkpoint.save_dir={out / 'checkpoints'}",
+           f"hydra.run.dir={out / 'hydra'}", *TEST_STUDENT, *overrides]
+    return run(cmd, check=check)

@@ -19,6 +19,8 @@ from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
+from fairseq_plugin.models.student import unwrap_student
+
 
 @dataclass
 class LayerDistillationConfig(FairseqDataclass):
@@ -53,7 +55,7 @@ class LayerDistillationCriterion(FairseqCriterion):
 
     def forward(self, model, sample, reduce=True):
         out = model(**sample["net_input"])
-        student = model.module if hasattr(model, "module") else model
+        student = unwrap_student(model)
         layers, padding_mask = out["layers"], out["padding_mask"]
         teacher = sample["teacher"]
         task = self.task
@@ -80,7 +82,8 @@ class LayerDistillationCriterion(FairseqCriterion):
                 raise FloatingPointError(
                     f"non-finite distillation loss ({loss.item()}) at update {student.num_updates}; set "
                     "criterion.nonfinite=skip to skip such batches (they are counted as nonfinite_skipped)")
-            loss = loss * 0.0  # keeps the graph; fairseq steps with a zero gradient for this batch
+            # A zero loss on the same graph: this batch contributes a zero gradient.
+            loss = (layers[-1].float() * 0.0).nan_to_num().sum()
             logging_output["nonfinite_skipped"] = 1
         frames = int(keep.sum())
         logging_output.update(loss=loss.detach(), sample_size=1, nsentences=first.size(0), ntokens=frames)
@@ -92,7 +95,8 @@ class LayerDistillationCriterion(FairseqCriterion):
         keys = {k for log in logging_outputs for k in log if k == "loss" or k.startswith("loss_")}
         for key in sorted(keys):
             metrics.log_scalar(key, sum(float(log.get(key, 0)) for log in logging_outputs) / n, n, round=4)
-        metrics.log_scalar("depth", max(log.get("depth", 0) for log in logging_outputs), weight=0)
+        # Outputs arrive summed over workers (sample_size is 1 per worker and batch): divide by n.
+        metrics.log_scalar("depth", sum(log.get("depth", 0) for log in logging_outputs) / n, weight=0)
         skipped = sum(log.get("nonfinite_skipped", 0) for log in logging_outputs)
         if skipped:
             metrics.log_scalar("nonfinite_skipped", skipped, weight=0, priority=1)
@@ -100,4 +104,4 @@ class LayerDistillationCriterion(FairseqCriterion):
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
-        return False
+        return True  # every value is a per-batch number; reduce_metrics divides by the summed sample_size

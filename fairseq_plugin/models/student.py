@@ -26,6 +26,13 @@ from fairseq_plugin.encoder_outputs import cnn_features, layer_outputs
 HUBERT_CNN = "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"
 
 
+def unwrap_student(model: torch.nn.Module) -> "GrowingStudent":
+    """The student inside fairseq's DDP wrappers (ModuleProxyWrapper -> DDP -> model)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
 @dataclass
 class StudentConfig(FairseqDataclass):
     # Architecture: the names and meanings of fairseq's HubertConfig.

@@ -24,6 +24,7 @@ from omegaconf import II
 from fairseq_plugin import growth
 from fairseq_plugin.checkpoints import describe, load_speech_model
 from fairseq_plugin.encoder_outputs import layer_outputs
+from fairseq_plugin.models.student import unwrap_student
 from fairseq_plugin.surgery import grow_student
 
 logger = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ class DistillationTask(AudioPretrainingTask):
 
     # -- growth -----------------------------------------------------------------------------
     def _grow_if_due(self, sample, model, criterion, optimizer, update_num: int) -> None:
-        student = model.module if hasattr(model, "module") else model
+        student = unwrap_student(model)
         want = growth.depth_at(self.stages, update_num)
         while student.live_depth < want:
             depth = student.live_depth

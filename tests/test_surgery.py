@@ -1,0 +1,94 @@
+"""Growth applied to a live student and fairseq's own Adam: weights, moments and step counts move
+with the layers, parameters keep their identity, and a copy's first update matches its source's."""
+from __future__ import annotations
+
+import pytest
+import torch
+from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
+
+from fairseq_plugin.models.student import GrowingStudent, StudentConfig
+from fairseq_plugin.surgery import grow_student
+
+CNN = "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2"
+
+
+def make_student(start_depth=3, final=12):
+    torch.manual_seed(0)
+    cfg = StudentConfig(encoder_layers=final, encoder_embed_dim=32, encoder_ffn_embed_dim=64,
+                        encoder_attention_heads=2, conv_feature_layers=CNN, dropout=0.0, attention_dropout=0.0,
+                        conv_pos=16, conv_pos_groups=4)
+    return GrowingStudent(cfg, teacher_dim=48, num_targets=2, start_depth=start_depth)
+
+
+def make_adam(model, lr=1e-3):
+    cfg = FairseqAdamConfig(lr=[lr], adam_betas="(0.9, 0.98)", adam_eps=1e-6, weight_decay=0.0)
+    return FairseqAdam(cfg, list(model.parameters()))
+
+
+def train_steps(model, opt, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        out = model(torch.randn(2, 4000, generator=g))
+        loss = sum(model.heads[0](x).pow(2).mean() for x in out["layers"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def layer_params(model, i):
+    return list(model.encoder.layers[i].parameters())
+
+
+def test_growth_copies_weights_and_adam_state():
+    model = make_student()
+    opt = make_adam(model)
+    train_steps(model, opt, 3)
+    ids = [id(p) for p in model.parameters()]
+    before = [[p.detach().clone() for p in layer_params(model, j)] for j in range(3)]
+    state = opt.optimizer.state
+    moments = [[{k: v.clone() if torch.is_tensor(v) else v for k, v in state[p].items()}
+                for p in layer_params(model, j)] for j in range(3)]
+    order = [0, 0, 1, 1, 2, 2]
+    grow_student(model, opt, order)
+    assert int(model.depth) == 6 and [id(p) for p in model.parameters()] == ids
+    for i, j in enumerate(order):
+        for p, w, m in zip(layer_params(model, i), before[j], moments[j]):
+            assert torch.equal(p, w)
+            assert state[p]["step"] == m["step"] == 3
+            assert torch.equal(state[p]["exp_avg"], m["exp_avg"])
+            assert torch.equal(state[p]["exp_avg_sq"], m["exp_avg_sq"])
+    out = model(torch.randn(1, 4000))
+    assert len(out["layers"]) == 6
+
+
+def test_copy_takes_the_same_first_step_as_its_source():
+    """The trap: a copy with fresh moments under a large step count takes a far larger first
+    step. With the moments copied, source and copy move identically for identical gradients."""
+    model = make_student()
+    opt = make_adam(model)
+    train_steps(model, opt, 20)
+    grow_student(model, opt, [0, 0, 1, 1, 2, 2])
+    src, copy = layer_params(model, 0), layer_params(model, 1)
+    before = [p.detach().clone() for p in src + copy]
+    opt.zero_grad()
+    for p, q in zip(src, copy):
+        g = torch.randn_like(p)
+        p.grad, q.grad = g.clone(), g.clone()
+    for p in model.parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    opt.step()
+    deltas = [(p.detach() - b) for p, b in zip(src + copy, before)]
+    n = len(src)
+    for d_src, d_copy in zip(deltas[:n], deltas[n:]):
+        torch.testing.assert_close(d_src, d_copy)
+
+
+def test_dormant_layers_do_not_run_and_growth_beyond_depth_fails():
+    model = make_student(start_depth=3, final=6)
+    out = model(torch.randn(1, 4000))
+    out["layers"][-1].sum().backward()
+    assert all(p.grad is None for p in layer_params(model, 4))
+    assert all(p.grad is not None for p in layer_params(model, 2))
+    with pytest.raises(ValueError, match="does not fit"):
+        grow_student(model, None, [0, 0, 1, 1, 2, 2, 2])
