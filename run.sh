@@ -22,12 +22,15 @@ datadir=data
 corpus_dir=db/synth         # where the embedded corpus's audio goes
 corpus_config=conf/corpus/synth.yaml
 teacher_config=hubert_tiny  # conf/teacher/<name>.yaml, for the embedded teacher
+preset=tiny                 # conf/distill/<preset>.yaml: tiny, paper, deep_narrow, wide_shallow, distilhubert
+operators="interleaved stack_top midas none"  # growth operators to distil with (stage 3), one run each
 kmeans_clusters=50          # its k-means targets (MFCC, one iteration)
 
 cd "$(dirname "$0")"
 . utils/parse_options.sh
 
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (${0##*/}:${BASH_LINENO[0]}) $*"; }
+abspath() { realpath -m "$1"; }
 not_yet() { log "Stage $1 ($2) is not implemented yet"; exit 2; }
 
 ./local/setup_env.sh
@@ -41,7 +44,9 @@ else
   train_set=train
   valid_set=dev
 fi
-teacher_dir=${expdir}/teacher
+teacher_dir=$(abspath "${expdir}/teacher")
+distill_dir=$(abspath "${expdir}/distill")
+manifests=$(abspath "${datadir}/manifests")
 
 if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
   if [ -n "${librispeech_root}" ]; then
@@ -63,25 +68,42 @@ if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
     python -m local.teacher.install "${teacher_ckpt}" "${teacher_dir}/teacher.pt"
   else
     log "Stage 2a: MFCC k-means labels for HuBERT pre-training -> ${teacher_dir}/labels"
-    local/teacher/kmeans_labels.sh --manifest-dir "${datadir}/manifests" \
+    local/teacher/kmeans_labels.sh --manifest-dir "${manifests}" \
       --train-split "${train_set}" --splits "${train_set} ${valid_set}" \
       --n-clusters "${kmeans_clusters}" --nj "${nj}" --out-dir "${teacher_dir}/labels"
     log "Stage 2b: training the teacher with fairseq-hydra-train (conf/teacher/${teacher_config}.yaml)"
     fairseq-hydra-train --config-dir "${MAIN_ROOT}/conf/teacher" --config-name "${teacher_config}" \
-      task.data="${MAIN_ROOT}/${datadir}/manifests" task.label_dir="${MAIN_ROOT}/${teacher_dir}/labels" \
+      task.data="${manifests}" task.label_dir="${teacher_dir}/labels" \
       dataset.train_subset="${train_set}" dataset.valid_subset="${valid_set}" \
-      checkpoint.save_dir="${MAIN_ROOT}/${teacher_dir}/checkpoints" \
-      hydra.run.dir="${MAIN_ROOT}/${teacher_dir}/hydra"
+      checkpoint.save_dir="${teacher_dir}/checkpoints" hydra.run.dir="${teacher_dir}/hydra"
     python -m local.teacher.install --copy "${teacher_dir}/checkpoints/checkpoint_last.pt" "${teacher_dir}/teacher.pt"
     log "Stage 2c: masked-prediction accuracy on ${valid_set}, teacher vs random init"
     python -m local.teacher.evaluate --checkpoint "${teacher_dir}/teacher.pt" \
-      --data "${datadir}/manifests" --label-dir "${teacher_dir}/labels" --split "${valid_set}" \
+      --data "${manifests}" --label-dir "${teacher_dir}/labels" --split "${valid_set}" \
       --out "${teacher_dir}/accuracy.md"
   fi
 fi
 
 if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
-  not_yet 3 "distillation with interleaved growth"
+  device_opts=(common.cpu=true)
+  if [ "${ngpu}" -gt 0 ]; then
+    device_opts=(common.cpu=false distributed_training.distributed_world_size="${ngpu}")
+    # The paper's batch (64 utterances per update) is split over the GPUs.
+    [ "${preset}" != tiny ] && device_opts+=(dataset.batch_size=$((64 / ngpu)))
+  fi
+  for op in ${operators}; do
+    run_dir=${distill_dir}/${op}
+    log "Stage 3: distilling ${teacher_dir}/teacher.pt into conf/distill/${preset}.yaml, growth ${op} -> ${run_dir}"
+    mkdir -p "${run_dir}"
+    fairseq-hydra-train --config-dir "${MAIN_ROOT}/conf/distill" --config-name "${preset}" \
+      task.data="${manifests}" task.teacher_checkpoint="${teacher_dir}/teacher.pt" task.growth.operator="${op}" \
+      dataset.train_subset="${train_set}" dataset.valid_subset="${valid_set}" "${device_opts[@]}" \
+      checkpoint.save_dir="${run_dir}/checkpoints" hydra.run.dir="${run_dir}/hydra" 2>&1 | tee -a "${run_dir}/train.log"
+    python -m local.distill.finalize "${run_dir}/checkpoints/checkpoint_last.pt" "${run_dir}/student.pt"
+  done
+  log "Stage 3: comparing the runs -> ${distill_dir}/report.md, ${distill_dir}/loss_vs_wallclock.png"
+  # shellcheck disable=SC2086
+  python -m local.distill.report "${distill_dir}" --runs ${operators}
 fi
 if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
   not_yet 4 "downstream ASR with ESPnet"

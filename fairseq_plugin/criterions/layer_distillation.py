@@ -5,8 +5,9 @@
 
 where t_k are `task.teacher_layers` (default 4/8/12 of 12) and s_k(depth) = round(t_k * depth /
 teacher_depth) is the student layer at the same relative depth, so the targets stay put while
-the student grows (at 3 layers: 1/2/3; at 12: 4/8/12). D is MSE (the interleaved-stacking
-paper), or L1 - log sigmoid(cosine) (DistilHuBERT, DPHuBERT). Padded frames are excluded.
+the student grows (at 3 layers: 1/2/3; at 12: 4/8/12); with target_layers=last every head
+reads the last layer instead (DistilHuBERT). D is MSE (the interleaved-stacking paper), or
+L1 - log sigmoid(cosine) (DistilHuBERT, DPHuBERT). Padded frames are excluded.
 """
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ from fairseq_plugin.models.student import unwrap_student
 class LayerDistillationConfig(FairseqDataclass):
     loss: str = field(default="mse", metadata={"help": "mse, or l1_cosine (DistilHuBERT's L1 - log sigmoid(cos))"})
     layer_weight: float = field(default=0.5, metadata={"help": "weight of the layer-to-layer terms"})
+    target_layers: str = field(
+        default="relative", metadata={"help": "which student layer meets teacher layer t: relative (same relative "
+                                              "depth) or last (prediction heads on the last layer, DistilHuBERT)"})
     cosine_weight: float = field(default=1.0, metadata={"help": "weight of the cosine term in l1_cosine"})
     nonfinite: str = field(
         default="stop", metadata={"help": "on a NaN/inf loss: stop (raise, naming the update) or skip the batch"})
@@ -42,6 +46,8 @@ class LayerDistillationCriterion(FairseqCriterion):
         super().__init__(task)
         if cfg.loss not in ("mse", "l1_cosine"):
             raise ValueError(f"criterion.loss={cfg.loss!r}: choose mse or l1_cosine")
+        if cfg.target_layers not in ("relative", "last"):
+            raise ValueError(f"criterion.target_layers={cfg.target_layers!r}: choose relative or last")
         if cfg.nonfinite not in ("stop", "skip"):
             raise ValueError(f"criterion.nonfinite={cfg.nonfinite!r}: choose stop or skip")
         self.cfg = cfg
@@ -70,7 +76,7 @@ class LayerDistillationCriterion(FairseqCriterion):
         logging_output = {"loss_last": loss_last.detach(), "depth": depth}
         layer_terms = []
         for k, t in enumerate(task.cfg.teacher_layers, start=1):
-            s = student_layer_for(t, task.teacher_depth, depth)
+            s = student_layer_for(t, task.teacher_depth, depth) if self.cfg.target_layers == "relative" else depth
             term = self.distance(student.heads[k](layers[s - 1]), teacher[t], keep)
             layer_terms.append(term)
             logging_output[f"loss_t{t}"] = term.detach()

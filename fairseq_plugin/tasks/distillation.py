@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import List
 
 import torch
-from fairseq import metrics
 from fairseq.data import BaseWrapperDataset, data_utils
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import register_task
@@ -164,8 +163,6 @@ class DistillationTask(AudioPretrainingTask):
             logger.info("growth at update %d: depth %d -> %d, layer order %s%s", update_num, depth,
                         student.live_depth, order,
                         f", loss on this batch {before:.4f} -> {after:.4f}" if before is not None else "")
-            metrics.log_scalar("growth_loss_before", before or 0.0, weight=0, round=4)
-            metrics.log_scalar("growth_loss_after", after or 0.0, weight=0, round=4)
             _check_replicas_agree(student)
         if student.live_depth > want:
             raise RuntimeError(
