@@ -73,7 +73,7 @@ def tiny_teacher(tiny_corpus, tmp_path_factory) -> Path:
 
 TEST_STUDENT = [
     # A student the shape of the tiny test teacher's front end, small enough for seconds per run.
-    "model.encoder_embed_dim=32", "model.encoder_ffn_embed_dim=64", "model.encoder_attention_heads=2",
+    "model.encoder_embed_dim=48", "model.encoder_ffn_embed_dim=96", "model.encoder_attention_heads=2",
     "model.conv_feature_layers='[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2'",
     "task.teacher_layers=[1,2]", "dataset.max_tokens=120000", "common.log_interval=1",
     "lr_scheduler.warmup_updates=2",
@@ -88,3 +88,13 @@ def distill(tiny_corpus: Path, teacher: Path, out: Path, *overrides: str, launch
            f"task.teacher_checkpoint={teacher}", f"checkpoint.save_dir={out / 'checkpoints'}",
            f"hydra.run.dir={out / 'hydra'}", *TEST_STUDENT, *overrides]
     return run(cmd, check=check)
+
+
+@pytest.fixture(scope="session")
+def tiny_student(tiny_corpus, tiny_teacher, tmp_path_factory) -> Path:
+    """A student distilled to full depth (3 -> 6 layers) by the plugin, installed as stage 3 does."""
+    out = tmp_path_factory.mktemp("tiny_student")
+    distill(tiny_corpus, tiny_teacher, out, "optimization.max_update=4", "model.encoder_layers=6")
+    run([sys.executable, "-m", "local.distill.finalize", str(out / "checkpoints/checkpoint_last.pt"),
+         str(out / "student.pt")])
+    return out / "student.pt"

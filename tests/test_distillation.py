@@ -76,7 +76,7 @@ def test_two_process_ddp_across_growth(tiny_corpus, tiny_teacher, tmp_path):
 
 @pytest.mark.parametrize("overrides,message", [
     (["task.teacher_layers=[1,5]"], r"task.teacher_layers=\[1, 5\]: layer\(s\) \[5\] beyond the teacher's 2 layers"),
-    (["model.projection=none"], r"model.projection=none needs the student width \(32\) to equal the teacher's \(64\)"),
+    (["model.projection=none"], r"model.projection=none needs the student width \(48\) to equal the teacher's \(64\)"),
     (["task.growth.layers_per_growth=4"], "cannot reach the target depth"),
     (["task.growth.operator=sideways"], "task.growth.operator='sideways': choose one of"),
     (["task.normalize=true"], "trained with normalize=False; set task.normalize=False"),

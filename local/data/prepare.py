@@ -18,7 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from local.atomic import atomic_dir
+from fairseq_plugin.atomic_io import atomic_dir
 from local.data import librispeech, synth
 from local.data.audio import check_audio
 from local.data.kaldi import Utterance, validate_data_dir, write_data_dir

@@ -5,12 +5,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
+from fairseq_plugin.atomic_io import atomic_save
 from fairseq_plugin.checkpoints import CheckpointError, model_and_task_names, read_checkpoint
 
 
@@ -24,14 +23,7 @@ def finalize(src: Path, dst: Path) -> str:
     if depth != final:
         raise CheckpointError(f"{src}: the student has {depth} of its {final} layers after {updates} updates; "
                               "the run stopped before its last growth, so resume it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.tmp-", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_save(lambda tmp: shutil.copyfile(src, tmp), dst)
     return f"{dst}: student at full depth ({depth} layers) after {updates} updates"
 
 

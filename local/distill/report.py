@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from local.atomic import atomic_write_text
+from fairseq_plugin.atomic_io import atomic_write_text
 
 _KV = re.compile(r"(\w+)=([-\d.e+]+)")
 _VALID_KV = re.compile(r"\| (\w+) ([-\d.e+]+)")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fairseq_plugin.checkpoints import load_speech_model
-from local.atomic import atomic_write_text
+from fairseq_plugin.atomic_io import atomic_write_text
 
 
 @torch.no_grad()

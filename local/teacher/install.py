@@ -13,29 +13,19 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
+from fairseq_plugin.atomic_io import atomic_save
 from fairseq_plugin.checkpoints import CheckpointError, describe, load_speech_model
 
 
 def install(src: Path, dst: Path, copy: bool) -> str:
     model, cfg, _ = load_speech_model(src)
     summary = describe(model, cfg).summary()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.tmp-", dir=dst.parent)
-    os.close(fd)
-    try:
-        os.unlink(tmp)
-        if copy:
-            shutil.copyfile(src, tmp)
-        else:
-            os.symlink(src.resolve(), tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise
+    if copy:
+        atomic_save(lambda tmp: shutil.copyfile(src, tmp), dst)
+    else:
+        atomic_save(lambda tmp: os.symlink(src.resolve(), tmp), dst)
     return summary
 
 

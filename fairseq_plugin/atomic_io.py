@@ -1,4 +1,8 @@
-"""Write-then-rename helpers, so a killed or failed run never leaves a half-written output."""
+"""Write-then-rename helpers, so a killed or failed run never leaves a half-written output.
+
+Everything the recipe writes for a later stage to trust (data dirs, labels, teachers, students,
+exports, reports) goes through these; fairseq writes its own checkpoints the same way.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -6,7 +10,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -18,6 +22,7 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp.chmod(0o755)  # mkdtemp makes 0700; the result is an ordinary output dir
     try:
         yield tmp
     except BaseException:
@@ -32,18 +37,34 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same directory."""
+def atomic_save(save: Callable[[str], object], path: str | Path) -> None:
+    """Call `save(tmp_path)` for a temporary name beside `path`, then rename it into place.
+
+    `save` may write a file or create a symlink there; on any failure `path` is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp)  # only the unique name is wanted: `save` creates the file
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        save(tmp)
+        if not os.path.islink(tmp):
+            os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same directory."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    atomic_save(write, path)

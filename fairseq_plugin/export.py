@@ -1,0 +1,185 @@
+"""Export a distilled student (full depth, without distillation heads) where people use HuBERT.
+
+    python -m fairseq_plugin.export exp/distill/interleaved/student.pt exp/distill/interleaved/export
+
+writes into the output dir:
+
+- `hubert.pt`: a plain fairseq HuBERT checkpoint (task `hubert_pretraining`, model `hubert`).
+  fairseq's `checkpoint_utils.load_model_ensemble_and_task` loads it without this plugin, and so
+  do ESPnet's `FairseqHubertEncoder` (`encoder: hubert`), torchaudio's `import_fairseq_model`
+  and S3PRL's `hubert_local` with `extra_conf: {fairseq: true}`.
+- `s3prl.pt`: the same, converted by S3PRL's own converter for `run_downstream.py -u hubert_local -k s3prl.pt`.
+- `hf/`: a Hugging Face `HubertModel` (config.json + model.safetensors) for `from_pretrained(dir)`.
+
+The HuBERT pre-training heads that a plain checkpoint must carry (`mask_emb`, `final_proj`,
+`label_embs_concat`, one dummy label dictionary) are freshly initialised: nothing reads them
+when extracting features.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import torch
+from fairseq.data import Dictionary
+from fairseq.dataclass.configs import FairseqConfig
+from fairseq.models.hubert.hubert import HubertModel
+from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
+from omegaconf import OmegaConf
+
+from fairseq_plugin.atomic_io import atomic_dir, atomic_save
+from fairseq_plugin.checkpoints import CheckpointError, model_and_task_names, read_checkpoint
+from fairseq_plugin.models.student import GrowingStudent, StudentConfig
+
+LABEL_RATE = 50.0  # the dummy label stream's rate: HuBERT's own frame rate
+
+
+def load_student(path: str | Path) -> GrowingStudent:
+    """Rebuild a trained student from its checkpoint (no teacher needed), at its live depth."""
+    state = read_checkpoint(path)
+    model_name, _ = model_and_task_names(state, path)
+    if model_name != "growing_student":
+        raise CheckpointError(f"{path}: a '{model_name}' checkpoint, not a distilled student (growing_student); "
+                              "export takes the student.pt or checkpoint_last.pt of a distillation run")
+    weights = state["model"]
+    cfg = OmegaConf.merge(OmegaConf.structured(StudentConfig), {k: v for k, v in state["cfg"]["model"].items()
+                                                              if k in StudentConfig.__dataclass_fields__})
+    heads = sorted({int(m.group(1)) for k in weights if (m := re.match(r"heads\.(\d+)\.", k))})
+    teacher_dim = weights["heads.0.weight"].shape[0] if "heads.0.weight" in weights else cfg.encoder_embed_dim
+    student = GrowingStudent(cfg, teacher_dim=teacher_dim, num_targets=max(1, len(heads)),
+                             start_depth=int(weights["depth"]))
+    student.load_state_dict(weights)
+    if student.live_depth != cfg.encoder_layers:
+        raise CheckpointError(f"{path}: the student has {student.live_depth} of its {cfg.encoder_layers} layers; "
+                              "export a run that finished growing")
+    return student.eval()
+
+
+def to_fairseq_hubert(student: GrowingStudent, normalize: bool = False) -> tuple[HubertModel, dict]:
+    """A fairseq HubertModel holding the student's encoder, and the checkpoint dict to save it."""
+    hcfg = student.hubert_config()
+    hcfg._name = "hubert"
+    hcfg.label_rate = LABEL_RATE
+    task_cfg = HubertPretrainingConfig(data=".", labels=["km"], label_rate=LABEL_RATE, sample_rate=16000,
+                                       normalize=normalize)
+    task_cfg._name = "hubert_pretraining"
+    dictionary = Dictionary()
+    dictionary.add_symbol("0")
+    model = HubertModel(hcfg, task_cfg, [dictionary])
+    encoder_weights = {k: v for k, v in student.state_dict().items() if not k.startswith("heads.") and k != "depth"}
+    missing, unexpected = model.load_state_dict(encoder_weights, strict=False)
+    heads_only = {"mask_emb", "final_proj.weight", "final_proj.bias", "label_embs_concat"}
+    if unexpected or set(missing) - heads_only:
+        raise RuntimeError(f"student and HuBERT weights differ: missing {missing}, unexpected {unexpected}")
+    cfg = OmegaConf.structured(FairseqConfig)
+    cfg.task = OmegaConf.structured(task_cfg)
+    cfg.model = OmegaConf.structured(hcfg)
+    state = {
+        "args": None,
+        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "model": model.state_dict(),
+        "criterion": None,
+        "optimizer_history": [{"criterion_name": "HubertCriterion", "optimizer_name": "FairseqAdam",
+                               "lr_scheduler_state": {}, "num_updates": student.num_updates}],
+        "task_state": {"dictionaries": [dictionary]},
+        "extra_state": {"epoch": 1, "train_iterator": {"epoch": 1}, "val_loss": None},
+        "last_optimizer_state": None,
+    }
+    return model.eval(), state
+
+
+def _hf_name(fairseq_key: str) -> str | None:
+    """fairseq HuBERT parameter name -> transformers HubertModel name (post-LN, GroupNorm CNN)."""
+    rules = [
+        (r"^feature_extractor\.conv_layers\.(\d+)\.0\.weight$", r"feature_extractor.conv_layers.\1.conv.weight"),
+        (r"^feature_extractor\.conv_layers\.(\d+)\.0\.bias$", r"feature_extractor.conv_layers.\1.conv.bias"),
+        (r"^feature_extractor\.conv_layers\.0\.2\.(weight|bias)$", r"feature_extractor.conv_layers.0.layer_norm.\1"),
+        (r"^layer_norm\.(weight|bias)$", r"feature_projection.layer_norm.\1"),
+        (r"^post_extract_proj\.(weight|bias)$", r"feature_projection.projection.\1"),
+        (r"^encoder\.pos_conv\.0\.weight_g$", "encoder.pos_conv_embed.conv.parametrizations.weight.original0"),
+        (r"^encoder\.pos_conv\.0\.weight_v$", "encoder.pos_conv_embed.conv.parametrizations.weight.original1"),
+        (r"^encoder\.pos_conv\.0\.bias$", "encoder.pos_conv_embed.conv.bias"),
+        (r"^encoder\.layer_norm\.(weight|bias)$", r"encoder.layer_norm.\1"),
+        (r"^encoder\.layers\.(\d+)\.self_attn\.(\w+_proj)\.(weight|bias)$", r"encoder.layers.\1.attention.\2.\3"),
+        (r"^encoder\.layers\.(\d+)\.self_attn_layer_norm\.(weight|bias)$", r"encoder.layers.\1.layer_norm.\2"),
+        (r"^encoder\.layers\.(\d+)\.fc1\.(weight|bias)$", r"encoder.layers.\1.feed_forward.intermediate_dense.\2"),
+        (r"^encoder\.layers\.(\d+)\.fc2\.(weight|bias)$", r"encoder.layers.\1.feed_forward.output_dense.\2"),
+        (r"^encoder\.layers\.(\d+)\.final_layer_norm\.(weight|bias)$", r"encoder.layers.\1.final_layer_norm.\2"),
+        (r"^mask_emb$", "masked_spec_embed"),
+    ]
+    for pattern, repl in rules:
+        if re.match(pattern, fairseq_key):
+            return re.sub(pattern, repl, fairseq_key)
+    return None
+
+
+def to_huggingface(hubert: HubertModel, cfg) -> "transformers.HubertModel":  # noqa: F821
+    import transformers
+
+    if cfg.extractor_mode != "default" or cfg.layer_norm_first:
+        raise NotImplementedError("Hugging Face export covers HuBERT Base's layout (GroupNorm CNN, post-LN layers)")
+    conv = eval(cfg.conv_feature_layers)
+    hf_cfg = transformers.HubertConfig(
+        hidden_size=cfg.encoder_embed_dim, num_hidden_layers=cfg.encoder_layers,
+        num_attention_heads=cfg.encoder_attention_heads, intermediate_size=cfg.encoder_ffn_embed_dim,
+        hidden_act=cfg.activation_fn, conv_dim=[c[0] for c in conv], conv_kernel=[c[1] for c in conv],
+        conv_stride=[c[2] for c in conv], conv_bias=cfg.conv_bias, feat_extract_norm="group",
+        feat_proj_layer_norm=True, do_stable_layer_norm=False, num_conv_pos_embeddings=cfg.conv_pos,
+        num_conv_pos_embedding_groups=cfg.conv_pos_groups, layer_norm_eps=1e-5,
+        hidden_dropout=cfg.dropout, attention_dropout=cfg.attention_dropout, activation_dropout=cfg.activation_dropout,
+    )
+    hf = transformers.HubertModel(hf_cfg)
+    theirs = hf.state_dict()
+    mapped = {}
+    for key, value in hubert.state_dict().items():
+        name = _hf_name(key)
+        if name is not None:
+            mapped[name] = value.reshape(theirs[name].shape)
+    if "feature_projection.projection.weight" not in mapped:  # fairseq skips the projection when widths agree
+        mapped["feature_projection.projection.weight"] = torch.eye(cfg.encoder_embed_dim)
+        mapped["feature_projection.projection.bias"] = torch.zeros(cfg.encoder_embed_dim)
+    missing = set(theirs) - set(mapped)
+    if missing:
+        raise RuntimeError(f"Hugging Face HubertModel weights with no fairseq source: {sorted(missing)[:5]}")
+    hf.load_state_dict(mapped, strict=True)
+    return hf.eval()
+
+
+def export(student_ckpt: Path, out_dir: Path, formats: list[str]) -> list[Path]:
+    student = load_student(student_ckpt)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hubert, state = to_fairseq_hubert(student)
+    written = []
+    fairseq_path = out_dir / "hubert.pt"
+    atomic_save(lambda tmp: torch.save(state, tmp), fairseq_path)
+    written.append(fairseq_path)
+    if "s3prl" in formats:
+        from s3prl.upstream.hubert.convert import load_and_convert_fairseq_ckpt
+
+        atomic_save(lambda tmp: load_and_convert_fairseq_ckpt(str(fairseq_path), tmp), out_dir / "s3prl.pt")
+        written.append(out_dir / "s3prl.pt")
+    if "hf" in formats:
+        hf = to_huggingface(hubert, OmegaConf.create(state["cfg"]["model"]))
+        with atomic_dir(out_dir / "hf") as tmp:
+            hf.save_pretrained(tmp, safe_serialization=True)
+        written.append(out_dir / "hf")
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("student", type=Path, help="a distillation run's student.pt or checkpoint_last.pt")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--formats", nargs="+", default=["fairseq", "s3prl", "hf"], choices=["fairseq", "s3prl", "hf"])
+    args = parser.parse_args(argv)
+    try:
+        for path in export(args.student, args.out_dir, args.formats):
+            print(f"wrote {path}")
+    except CheckpointError as exc:
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()
