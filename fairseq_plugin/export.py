@@ -18,6 +18,7 @@ when extracting features.
 from __future__ import annotations
 
 import argparse
+import shutil
 import re
 import sys
 from pathlib import Path
@@ -30,14 +31,19 @@ from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 from omegaconf import OmegaConf
 
 from fairseq_plugin.atomic_io import atomic_dir, atomic_save
-from fairseq_plugin.checkpoints import CheckpointError, model_and_task_names, read_checkpoint
+from fairseq_plugin.checkpoints import (CheckpointError, fairseq_pickles_allowed, load_speech_model,
+                                        model_and_task_names, read_checkpoint)
 from fairseq_plugin.models.student import GrowingStudent, StudentConfig
 
 LABEL_RATE = 50.0  # the dummy label stream's rate: HuBERT's own frame rate
 
 
-def load_student(path: str | Path) -> GrowingStudent:
-    """Rebuild a trained student from its checkpoint (no teacher needed), at its live depth."""
+def load_student(path: str | Path, random_init: bool = False) -> GrowingStudent:
+    """Rebuild a trained student from its checkpoint (no teacher needed), at its live depth.
+
+    With `random_init`, the same architecture with fresh weights (seed 0): the baseline that
+    shows what distillation added.
+    """
     state = read_checkpoint(path)
     model_name, _ = model_and_task_names(state, path)
     if model_name != "growing_student":
@@ -48,9 +54,11 @@ def load_student(path: str | Path) -> GrowingStudent:
                                                               if k in StudentConfig.__dataclass_fields__})
     heads = sorted({int(m.group(1)) for k in weights if (m := re.match(r"heads\.(\d+)\.", k))})
     teacher_dim = weights["heads.0.weight"].shape[0] if "heads.0.weight" in weights else cfg.encoder_embed_dim
+    torch.manual_seed(0)
     student = GrowingStudent(cfg, teacher_dim=teacher_dim, num_targets=max(1, len(heads)),
                              start_depth=int(weights["depth"]))
-    student.load_state_dict(weights)
+    if not random_init:
+        student.load_state_dict(weights)
     if student.live_depth != cfg.encoder_layers:
         raise CheckpointError(f"{path}: the student has {student.live_depth} of its {cfg.encoder_layers} layers; "
                               "export a run that finished growing")
@@ -147,21 +155,28 @@ def to_huggingface(hubert: HubertModel, cfg) -> "transformers.HubertModel":  # n
     return hf.eval()
 
 
-def export(student_ckpt: Path, out_dir: Path, formats: list[str]) -> list[Path]:
-    student = load_student(student_ckpt)
+def export(checkpoint: Path, out_dir: Path, formats: list[str], random_init: bool = False) -> list[Path]:
+    """Export a student (or, as it is, a fairseq HuBERT teacher) into `out_dir`."""
+    model_name, _ = model_and_task_names(read_checkpoint(checkpoint), checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
-    hubert, state = to_fairseq_hubert(student)
-    written = []
     fairseq_path = out_dir / "hubert.pt"
-    atomic_save(lambda tmp: torch.save(state, tmp), fairseq_path)
-    written.append(fairseq_path)
+    if model_name == "hubert" and not random_init:  # already a plain HuBERT checkpoint: copy it
+        hubert, cfg, _ = load_speech_model(checkpoint)
+        hubert_cfg = cfg.model
+        atomic_save(lambda tmp: shutil.copyfile(checkpoint, tmp), fairseq_path)
+    else:
+        hubert, state = to_fairseq_hubert(load_student(checkpoint, random_init))
+        hubert_cfg = OmegaConf.create(state["cfg"]["model"])
+        atomic_save(lambda tmp: torch.save(state, tmp), fairseq_path)
+    written = [fairseq_path]
     if "s3prl" in formats:
         from s3prl.upstream.hubert.convert import load_and_convert_fairseq_ckpt
 
-        atomic_save(lambda tmp: load_and_convert_fairseq_ckpt(str(fairseq_path), tmp), out_dir / "s3prl.pt")
+        with fairseq_pickles_allowed():
+            atomic_save(lambda tmp: load_and_convert_fairseq_ckpt(str(fairseq_path), tmp), out_dir / "s3prl.pt")
         written.append(out_dir / "s3prl.pt")
     if "hf" in formats:
-        hf = to_huggingface(hubert, OmegaConf.create(state["cfg"]["model"]))
+        hf = to_huggingface(hubert, hubert_cfg)
         with atomic_dir(out_dir / "hf") as tmp:
             hf.save_pretrained(tmp, safe_serialization=True)
         written.append(out_dir / "hf")
@@ -170,12 +185,13 @@ def export(student_ckpt: Path, out_dir: Path, formats: list[str]) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("student", type=Path, help="a distillation run's student.pt or checkpoint_last.pt")
+    parser.add_argument("student", type=Path, help="a distillation run's student.pt (or a fairseq HuBERT checkpoint)")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--formats", nargs="+", default=["fairseq", "s3prl", "hf"], choices=["fairseq", "s3prl", "hf"])
+    parser.add_argument("--random-init", action="store_true", help="the student's architecture with fresh weights")
     args = parser.parse_args(argv)
     try:
-        for path in export(args.student, args.out_dir, args.formats):
+        for path in export(args.student, args.out_dir, args.formats, args.random_init):
             print(f"wrote {path}")
     except CheckpointError as exc:
         sys.exit(f"error: {exc}")

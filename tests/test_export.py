@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from fairseq import checkpoint_utils
 
 from fairseq_plugin.checkpoints import CheckpointError
 from fairseq_plugin.export import export, load_student
@@ -51,7 +52,6 @@ torch.save(feats, {str(tmp_path / 'feats.pt')!r})
 
 
 def test_torchaudio_import_fairseq_model(exported):
-    from fairseq import checkpoint_utils
     from torchaudio.models.wav2vec2.utils import import_fairseq_model
 
     out, wav, layers = exported
@@ -98,6 +98,20 @@ def test_espnet_fairseq_hubert_encoder(exported):
     torch.testing.assert_close(enc, layers[-1], **TOL)
 
 
-def test_export_refuses_a_non_student(tiny_teacher, tmp_path):
+def test_export_refuses_what_is_not_a_student(tiny_teacher, tmp_path):
     with pytest.raises(CheckpointError, match="a 'hubert' checkpoint, not a distilled student"):
-        export(tiny_teacher, tmp_path, ["fairseq"])
+        export(tiny_teacher, tmp_path, ["fairseq"], random_init=True)
+    torch.save({"cfg": {"model": {"_name": "transformer_lm"}, "task": {"_name": "language_modeling"}}, "model": {}},
+               tmp_path / "lm.pt")
+    with pytest.raises(CheckpointError, match="a 'transformer_lm' checkpoint, not a distilled student"):
+        export(tmp_path / "lm.pt", tmp_path / "out", ["fairseq"])
+
+
+def test_teacher_and_random_init_exports(tiny_teacher, tiny_student, tmp_path):
+    export(tiny_teacher, tmp_path / "teacher", ["fairseq", "s3prl"])
+    assert (tmp_path / "teacher/hubert.pt").read_bytes() == tiny_teacher.read_bytes()
+    export(tiny_student, tmp_path / "random", ["fairseq"], random_init=True)
+    trained = load_student(tiny_student)
+    (random,), cfg, _ = checkpoint_utils.load_model_ensemble_and_task([str(tmp_path / "random/hubert.pt")])
+    assert len(random.encoder.layers) == len(trained.encoder.layers)
+    assert not torch.equal(random.encoder.layers[0].fc1.weight, trained.encoder.layers[0].fc1.weight)
