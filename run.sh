@@ -24,6 +24,8 @@ corpus_config=conf/corpus/synth.yaml
 teacher_config=hubert_tiny  # conf/teacher/<name>.yaml, for the embedded teacher
 preset=tiny                 # conf/distill/<preset>.yaml: tiny, paper, deep_narrow, wide_shallow, distilhubert
 operators="interleaved stack_top midas none"  # growth operators to distil with (stage 3), one run each
+asr_config=conf/asr/tiny_s3prl.yaml  # stage 4: ESPnet ASR config (an S3PRL front end)
+superb_config=conf/superb/mini.yaml  # stage 5: mini-SUPERB tasks, budgets and learning rates
 kmeans_clusters=50          # its k-means targets (MFCC, one iteration)
 
 cd "$(dirname "$0")"
@@ -31,7 +33,8 @@ cd "$(dirname "$0")"
 
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (${0##*/}:${BASH_LINENO[0]}) $*"; }
 abspath() { realpath -m "$1"; }
-not_yet() { log "Stage $1 ($2) is not implemented yet"; exit 2; }
+# export_upstream SRC DIR [--random-init]: a teacher or student as fairseq HuBERT + S3PRL checkpoints
+export_upstream() { python -m fairseq_plugin.export "$1" "$2" --formats fairseq s3prl "${@:3}"; }
 
 ./local/setup_env.sh
 . ./path.sh
@@ -40,12 +43,15 @@ if [ -n "${librispeech_root}" ]; then
   read -r -a _splits <<< "${librispeech_splits}"
   train_set=${_splits[0]//-/_}
   valid_set=${_splits[1]//-/_}
+  test_set=${_splits[2]//-/_}
 else
   train_set=train
   valid_set=dev
+  test_set=test
 fi
 teacher_dir=$(abspath "${expdir}/teacher")
 distill_dir=$(abspath "${expdir}/distill")
+asr_dir=$(abspath "${expdir}/asr")
 manifests=$(abspath "${datadir}/manifests")
 
 if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
@@ -106,9 +112,29 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
   python -m local.distill.report "${distill_dir}" --runs ${operators}
 fi
 if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
-  not_yet 4 "downstream ASR with ESPnet"
+  student_op=${operators%% *}
+  log "Stage 4: ESPnet ASR (${asr_config}) on a frozen teacher, the ${student_op} student and a random-init student"
+  export_upstream "${teacher_dir}/teacher.pt" "${asr_dir}/upstreams/teacher"
+  export_upstream "${distill_dir}/${student_op}/student.pt" "${asr_dir}/upstreams/student"
+  export_upstream "${distill_dir}/${student_op}/student.pt" "${asr_dir}/upstreams/random_init" --random-init
+  for tag in teacher student random_init; do
+    local/asr/asr.sh --tag "${tag}" --upstream-dir "${asr_dir}/upstreams/${tag}" --config "${asr_config}" \
+      --datadir "${datadir}" --train-set "${train_set}" --valid-set "${valid_set}" --test-set "${test_set}" \
+      --asr-dir "${asr_dir}"
+  done
+  python -m local.asr.report "${asr_dir}" --tags teacher student random_init --test-set "${test_set}"
 fi
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
-  not_yet 5 "SUPERB evaluation"
+  superb_dir=$(abspath "${expdir}/superb")
+  export_upstream "${teacher_dir}/teacher.pt" "${superb_dir}/upstreams/teacher"
+  upstreams=(--upstream "teacher=${superb_dir}/upstreams/teacher/s3prl.pt")
+  for op in ${operators}; do
+    export_upstream "${distill_dir}/${op}/student.pt" "${superb_dir}/upstreams/${op}"
+    upstreams+=(--upstream "${op}=${superb_dir}/upstreams/${op}/s3prl.pt")
+  done
+  export_upstream "${distill_dir}/${operators%% *}/student.pt" "${superb_dir}/upstreams/random_init" --random-init
+  upstreams+=(--upstream "random_init=${superb_dir}/upstreams/random_init/s3prl.pt")
+  log "Stage 5: mini-SUPERB (${superb_config}: PR, ASR, KS, SID) -> ${superb_dir}/results.{md,csv}, layer_weights.png"
+  python -m local.superb.run --config "${superb_config}" --datadir "${datadir}" --out "${superb_dir}" "${upstreams[@]}"
 fi
 log "Finished stages ${stage}-${stop_stage}"

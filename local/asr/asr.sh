@@ -3,7 +3,10 @@
 #   sentencepiece BPE + token list (espnet2.bin.tokenize_text), shapes (asr_train --collect_stats),
 #   training (espnet2.bin.asr_train), decoding (espnet2.bin.asr_inference), scoring (WER/CER).
 #
-#   local/asr/asr.sh --tag student --s3prl-ckpt exp/distill/interleaved/export/s3prl.pt
+#   local/asr/asr.sh --tag student --upstream-dir exp/asr/upstreams/student
+#
+# --upstream-dir holds the exports of `python -m fairseq_plugin.export` (hubert.pt, s3prl.pt);
+# the config is any ESPnet ASR config whose "<- yours" lines local/asr/make_config.py fills in.
 #
 # Shared between upstreams (done once, under <asr-dir>/{bpe,stats}): the BPE model and the
 # shape files. Each step is skipped when its output exists, so a killed run redoes only what
@@ -11,7 +14,7 @@
 set -euo pipefail
 
 tag=""
-s3prl_ckpt=""
+upstream_dir=""
 config=conf/asr/tiny_s3prl.yaml
 datadir=data
 train_set=train
@@ -19,10 +22,11 @@ valid_set=dev
 test_set=test
 asr_dir=exp/asr
 nbpe=100
+train_args=""   # extra arguments for espnet2.bin.asr_train, e.g. "--max_epoch 2"
 . utils/parse_options.sh
 
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (asr.sh) $*"; }
-[ -n "${tag}" ] && [ -n "${s3prl_ckpt}" ] || { log "error: --tag and --s3prl-ckpt are required"; exit 1; }
+[ -n "${tag}" ] && [ -n "${upstream_dir}" ] || { log "error: --tag and --upstream-dir are required"; exit 1; }
 
 bpe_dir=${asr_dir}/bpe
 stats_dir=${asr_dir}/stats
@@ -35,8 +39,8 @@ data_opts=(--train_data_path_and_name_and_type "${datadir}/${train_set}/wav.scp,
            --valid_data_path_and_name_and_type "${datadir}/${valid_set}/wav.scp,speech,sound"
            --valid_data_path_and_name_and_type "${datadir}/${valid_set}/text,text,text")
 
-log "ESPnet config for ${tag} -> ${exp}/config.yaml"
-python -m local.asr.make_config "${config}" "${s3prl_ckpt}" "${exp}/train.yaml"
+log "ESPnet config for ${tag} (${config}) -> ${exp}/train.yaml"
+python -m local.asr.make_config "${config}" "${upstream_dir}" "${exp}/train.yaml"
 
 if [ ! -f "${bpe_dir}/tokens.txt" ]; then
   log "sentencepiece BPE (${nbpe}) on ${datadir}/${train_set}/text -> ${bpe_dir}"
@@ -69,15 +73,17 @@ python -m espnet2.bin.asr_train --config "${exp}/train.yaml" --ngpu 0 --resume t
   --use_preprocessor true "${bpe_opts[@]}" "${data_opts[@]}" \
   --train_shape_file "${stats_dir}/train/speech_shape" --train_shape_file "${stats_dir}/train/text_shape.bpe" \
   --valid_shape_file "${stats_dir}/valid/speech_shape" --valid_shape_file "${stats_dir}/valid/text_shape.bpe" \
-  --fold_length 80000 --fold_length 150 --output_dir "${exp}" > "${exp}/train.log" 2>&1 \
+  --fold_length 80000 --fold_length 150 --output_dir "${exp}" ${train_args} > "${exp}/train.log" 2>&1 \
   || { tail -n 30 "${exp}/train.log"; exit 1; }
 
 decode=${exp}/decode_${test_set}
 if [ ! -f "${decode}/score.json" ]; then
   log "decoding ${datadir}/${test_set} with ${tag} (espnet2.bin.asr_inference, CTC greedy)"
+  # The model ESPnet averaged over its best epochs by the config's best_model_criterion.
+  model_file=$(ls "${exp}"/valid.*.ave.pth | head -n 1)
   tmp=$(mktemp -d "${exp}/.decode.tmp-XXXXXX")
   python -m espnet2.bin.asr_inference --ngpu 0 --batch_size 1 --nbest 1 --beam_size 1 --ctc_weight 1.0 \
-    --lm_weight 0.0 --asr_train_config "${exp}/config.yaml" --asr_model_file "${exp}/valid.loss.best.pth" \
+    --lm_weight 0.0 --asr_train_config "${exp}/config.yaml" --asr_model_file "${model_file}" \
     --data_path_and_name_and_type "${datadir}/${test_set}/wav.scp,speech,sound" \
     --key_file "${datadir}/${test_set}/wav.scp" --output_dir "${tmp}" > "${tmp}/decode.log" 2>&1 \
     || { tail -n 30 "${tmp}/decode.log"; exit 1; }

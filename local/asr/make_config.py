@@ -1,25 +1,37 @@
-"""Write an ESPnet ASR config for one upstream: a template with the S3PRL checkpoint and its width.
+"""Write an ESPnet ASR config for one exported upstream: fill in the lines marked "<- yours".
 
-    python -m local.asr.make_config conf/asr/tiny_s3prl.yaml exp/asr/student/export/s3prl.pt out.yaml
+    python -m local.asr.make_config espnet_recipe/conf/train_asr_student_s3prl.yaml exp/student/export out.yaml
+
+Sets, where the config has them, the S3PRL front end's checkpoint (`<export>/s3prl.pt`) and the
+linear pre-encoder's input width, or the `encoder: hubert` checkpoint (`<export>/hubert.pt`).
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-import torch
 import yaml
 
 from fairseq_plugin.atomic_io import atomic_write_text
+from fairseq_plugin.checkpoints import read_checkpoint
+
+
+def fill(cfg: dict, export_dir: Path) -> dict:
+    export_dir = export_dir.resolve()
+    width = int(read_checkpoint(export_dir / "hubert.pt")["cfg"]["model"]["encoder_embed_dim"])
+    if cfg.get("frontend") == "s3prl":
+        cfg["frontend_conf"]["frontend_conf"]["path_or_url"] = str(export_dir / "s3prl.pt")
+        if cfg.get("preencoder") == "linear":
+            cfg["preencoder_conf"]["input_size"] = width
+    if cfg.get("encoder") == "hubert":
+        cfg["encoder_conf"]["hubert_url"] = str(export_dir / "hubert.pt")
+        cfg["encoder_conf"]["hubert_dir_path"] = str(export_dir)
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> None:
-    template, s3prl_ckpt, out = map(Path, argv or sys.argv[1:])
-    cfg = yaml.safe_load(template.read_text())
-    state = torch.load(s3prl_ckpt, map_location="cpu", weights_only=False)
-    width = int(state["model_cfg"]["encoder_embed_dim"])
-    cfg["frontend_conf"]["frontend_conf"]["path_or_url"] = str(s3prl_ckpt.resolve())
-    cfg["preencoder_conf"]["input_size"] = width
+    template, export_dir, out = map(Path, argv or sys.argv[1:])
+    cfg = fill(yaml.safe_load(template.read_text()), export_dir)
     atomic_write_text(out, yaml.safe_dump(cfg, sort_keys=False))
 
 

@@ -1,0 +1,46 @@
+"""Hidden states of a frozen upstream, through S3PRL's own `S3PRLUpstream("hubert_local")`.
+
+Features are extracted once per upstream and split and cached (fp16), since SUPERB freezes the
+upstream: every downstream task then trains on the cache.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fairseq_plugin.atomic_io import atomic_save
+from fairseq_plugin.checkpoints import fairseq_pickles_allowed
+from local.data.audio import read_audio
+from local.data.kaldi import read_dict, read_table
+
+
+@torch.no_grad()
+def extract(s3prl_ckpt: Path, data_dir: Path, batch: int = 8) -> dict[str, torch.Tensor]:
+    """utt -> hidden states [layers + 1, frames, dim] (fp16), CNN output first, as S3PRL gives them."""
+    from s3prl.nn import S3PRLUpstream
+
+    with fairseq_pickles_allowed():
+        upstream = S3PRLUpstream("hubert_local", path_or_url=str(s3prl_ckpt)).eval()
+    wavs = read_table(data_dir / "wav.scp")
+    lengths = {u: int(n) for u, n in read_dict(data_dir / "utt2num_samples").items()}
+    order = sorted(wavs, key=lambda x: lengths[x[0]])  # similar lengths together: little padding
+    feats = {}
+    for i in range(0, len(order), batch):
+        chunk = order[i:i + batch]
+        audio = [torch.from_numpy(read_audio(path)) for _, path in chunk]
+        lens = torch.tensor([len(a) for a in audio])
+        padded = torch.nn.utils.rnn.pad_sequence(audio, batch_first=True)
+        hidden, hidden_lens = upstream(padded, lens)
+        stacked = torch.stack(hidden, dim=1)  # B x (L+1) x T x D
+        for (utt, _), h, n in zip(chunk, stacked, hidden_lens[0]):
+            feats[utt] = h[:, : int(n)].to(torch.float16).clone()
+    return feats
+
+
+def cached(s3prl_ckpt: Path, data_dir: Path, cache: Path, batch: int = 8) -> dict[str, torch.Tensor]:
+    if cache.is_file():
+        return torch.load(cache)
+    feats = extract(s3prl_ckpt, data_dir, batch)
+    atomic_save(lambda tmp: torch.save(feats, tmp), cache)
+    return feats
