@@ -124,7 +124,10 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
   done
   python -m local.asr.report "${asr_dir}" --tags teacher student random_init --test-set "${test_set}"
 fi
-if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
+if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ] && [ -n "${librispeech_root}" ]; then
+  log "Stage 5: mini-SUPERB needs the embedded corpus's phone, keyword and speaker labels; for SUPERB"
+  log "proper, run S3PRL's run_downstream.py with -u hubert_local -k <export>/s3prl.pt (see README)"
+elif [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
   superb_dir=$(abspath "${expdir}/superb")
   export_upstream "${teacher_dir}/teacher.pt" "${superb_dir}/upstreams/teacher"
   upstreams=(--upstream "teacher=${superb_dir}/upstreams/teacher/s3prl.pt")

@@ -31,26 +31,52 @@ def _inner_optimizer(optimizer):
     return opt
 
 
-def _flat_master_views(optimizer, params: list[torch.nn.Parameter]):
-    """For fairseq's FP16Optimizer (a flat fp32 master copy), map each model parameter to its
-    slice of the master copy; None when the optimizer steps the model parameters themselves."""
+def _master_slots(optimizer, params: list[torch.nn.Parameter]) -> dict:
+    """Where each model parameter's optimizer-side copy lives: param -> (tensor, offset, numel).
+
+    - fp32 or AMP training: the parameter itself;
+    - fairseq's FP16Optimizer with bf16 (or fp16 without flattening): its own fp32 master parameter;
+    - FP16Optimizer with flat fp16 grads: a slice of one flat fp32 master tensor per device.
+    The optimizer's state (Adam moments) is keyed by that tensor and shaped like it.
+    """
     fp32 = getattr(optimizer, "fp32_params", None)
-    if fp32 is None or getattr(optimizer, "fp16_params", None) is None:
-        return None
+    fp16 = getattr(optimizer, "fp16_params", None)
+    if fp32 is None or fp16 is None:
+        return {p: (p, 0, p.numel()) for p in params}
     if not isinstance(fp32, dict):
-        raise NotImplementedError("growth under FP16Optimizer needs its flat master copy (fp16 with flatten)")
-    views, offsets = {}, {}
-    for p in optimizer.fp16_params:
-        dev = p.device.index
-        master = fp32[dev]
+        return {p: (p32, 0, p.numel()) for p, p32 in zip(fp16, fp32)}
+    slots, offsets = {}, {}
+    for p in fp16:  # the order build_fp32_params flattened them in
+        dev = p.device.index if p.device.index is not None else next(iter(fp32))
         off = offsets.get(dev, 0)
-        views[p] = (master, off, p.numel())
+        slots[p] = (fp32[dev], off, p.numel())
         offsets[dev] = off + p.numel()
-    return views
+    return slots
 
 
-def _state_snapshot(state: dict) -> dict:
-    return {k: (v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v)) for k, v in state.items()}
+def _snapshot(inner, key: torch.Tensor, off: int, n: int) -> dict | None:
+    """This parameter's part of the optimizer state, copied; None when there is none yet."""
+    if inner is None or key not in inner.state:
+        return None
+    return {k: (v.detach().view(-1)[off:off + n].clone() if torch.is_tensor(v) and v.numel() == key.numel()
+                else copy.deepcopy(v)) for k, v in inner.state[key].items()}
+
+
+def _restore(inner, key: torch.Tensor, off: int, n: int, state: dict | None) -> None:
+    if inner is None:
+        return
+    if off == 0 and n == key.numel():  # per-parameter state: replace it outright
+        if state is None:
+            inner.state.pop(key, None)
+        else:  # each copy owns its moments
+            inner.state[key] = {k: (v.clone().view(key.shape) if torch.is_tensor(v) and v.numel() == n
+                                    else copy.deepcopy(v)) for k, v in state.items()}
+        return
+    if state is None or key not in inner.state:
+        return
+    for k, v in inner.state[key].items():  # a slice of flat state; shared scalars (step) stay
+        if torch.is_tensor(v) and v.numel() == key.numel():
+            v.view(-1)[off:off + n].copy_(state[k])
 
 
 @torch.no_grad()
@@ -61,39 +87,21 @@ def grow_student(student, optimizer, order: list[int]) -> None:
     if max(order) >= old_depth or len(order) > len(layers):
         raise ValueError(f"growth order {order} does not fit a {old_depth}-of-{len(layers)}-layer student")
     inner = _inner_optimizer(optimizer) if optimizer is not None else None
-    masters = _flat_master_views(optimizer, list(student.parameters())) if optimizer is not None else None
+    slots = _master_slots(optimizer, list(student.parameters()))
 
     # Snapshot the live layers first: sources and destinations overlap.
     snap = []
     for j in range(old_depth):
         entries = []
         for p in layers[j].parameters():
-            master, state = None, None
-            if masters:  # this parameter's slice of the flat master copy and of its moments
-                flat, off, n = masters[p]
-                master = flat.data[off:off + n].clone()
-                if flat in inner.state:
-                    state = {k: (v[off:off + n] if torch.is_tensor(v) and v.numel() == flat.numel() else v)
-                             for k, v in inner.state[flat].items()}
-            elif inner is not None and p in inner.state:
-                state = inner.state[p]
-            entries.append((p.detach().clone(), None if state is None else _state_snapshot(state), master))
+            key, off, n = slots[p]
+            entries.append((p.detach().clone(), key.detach().view(-1)[off:off + n].clone(), _snapshot(inner, key, off, n)))
         snap.append(entries)
 
     for i, j in enumerate(order):
-        for p, (weight, state, master) in zip(layers[i].parameters(), snap[j]):
+        for p, (weight, master, state) in zip(layers[i].parameters(), snap[j]):
+            key, off, n = slots[p]
             p.copy_(weight)
-            if inner is None:
-                continue
-            if masters:
-                flat, off, n = masters[p]
-                flat.data[off:off + n].copy_(master)
-                if state is not None and flat in inner.state:
-                    for k, v in inner.state[flat].items():
-                        if torch.is_tensor(v) and v.numel() == flat.numel():
-                            v[off:off + n].copy_(state[k])
-            elif state is None:
-                inner.state.pop(p, None)
-            else:
-                inner.state[p] = _state_snapshot(state)  # each copy owns its moments
+            key.view(-1)[off:off + n].copy_(master)
+            _restore(inner, key, off, n, state)
     student.depth.fill_(len(order))

@@ -92,3 +92,36 @@ def test_dormant_layers_do_not_run_and_growth_beyond_depth_fails():
     assert all(p.grad is not None for p in layer_params(model, 2))
     with pytest.raises(ValueError, match="does not fit"):
         grow_student(model, None, [0, 0, 1, 1, 2, 2, 2])
+
+
+def test_growth_under_fairseqs_bf16_optimizer_updates_the_master_copy():
+    """fairseq's FP16Optimizer keeps fp32 master weights and copies them back after each step: a
+    growth that only wrote the bf16 model would be undone at the next step."""
+    from fairseq.dataclass.configs import FairseqConfig
+    from fairseq.optim.fp16_optimizer import FP16Optimizer
+    from omegaconf import OmegaConf
+
+    model = make_student().bfloat16()
+    cfg = OmegaConf.structured(FairseqConfig)
+    cfg.common.bf16 = True  # fairseq then keeps one fp32 master parameter per parameter
+    cfg.optimizer = {"_name": "adam", "lr": [1e-3], "adam_betas": "(0.9, 0.98)", "adam_eps": 1e-6,
+                     "weight_decay": 0.0, "tpu": False, "use_old_adam": False, "fp16_adam_stats": False}
+    opt = FP16Optimizer.build_optimizer(cfg, [p for p in model.parameters()])
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        out = model(torch.randn(2, 4000, generator=g).bfloat16())
+        loss = sum(model.heads[0](x).float().pow(2).mean() for x in out["layers"])
+        opt.zero_grad()
+        opt.backward(loss)
+        opt.step()
+    masters = dict(zip(opt.fp16_params, opt.fp32_params))
+    src_master = [masters[p].detach().clone() for p in layer_params(model, 1)]
+    src_state = [opt.optimizer.state[masters[p]]["exp_avg"].clone() for p in layer_params(model, 1)]
+    grow_student(model, opt, [0, 0, 1, 1, 2, 2])
+    for p, w, m in zip(layer_params(model, 2), src_master, src_state):  # slot 2 now holds old layer 1
+        torch.testing.assert_close(masters[p].detach(), w)
+        torch.testing.assert_close(opt.optimizer.state[masters[p]]["exp_avg"], m)
+        torch.testing.assert_close(p.float(), w.bfloat16().float())
+    opt._sync_fp32_params_to_fp16()  # what fairseq does after every step: the growth must survive it
+    for p, w in zip(layer_params(model, 3), src_master):
+        torch.testing.assert_close(p.float(), w.bfloat16().float())
