@@ -68,3 +68,29 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             os.fsync(f.fileno())
 
     atomic_save(write, path)
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> bool:
+    """Copy through a temporary file and a rename: `dst` is the old file or the new one, never half."""
+    atomic_save(lambda tmp: shutil.copyfile(src, tmp), dst)
+    return True
+
+
+def make_fairseq_checkpoint_copies_atomic() -> None:
+    """fairseq saves a checkpoint atomically (write `.tmp`, rename), then *copies* it onto
+    `checkpoint_last.pt` / `checkpoint_best.pt` with PathManager.copy, in place. A full disk or a
+    kill during that copy leaves a truncated `checkpoint_last.pt`: the file a resumed run trusts.
+    Route local copies through `atomic_copy` instead (remote paths keep fairseq's behaviour)."""
+    from fairseq.file_io import PathManager
+
+    if getattr(PathManager.copy, "_atomic", False):
+        return
+    fairseq_copy = PathManager.copy
+
+    def copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
+        if "://" in str(dst_path) or "://" in str(src_path):
+            return fairseq_copy(src_path, dst_path, overwrite)
+        return atomic_copy(src_path, dst_path)
+
+    copy._atomic = True
+    PathManager.copy = staticmethod(copy)

@@ -21,6 +21,7 @@ from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrai
 from omegaconf import II
 
 from fairseq_plugin import growth
+from fairseq_plugin.atomic_io import make_fairseq_checkpoint_copies_atomic
 from fairseq_plugin.checkpoints import describe, load_speech_model
 from fairseq_plugin.encoder_outputs import layer_outputs
 from fairseq_plugin.models.student import unwrap_student
@@ -83,6 +84,7 @@ class DistillationTask(AudioPretrainingTask):
 
     def __init__(self, cfg: DistillationConfig):
         super().__init__(cfg)
+        make_fairseq_checkpoint_copies_atomic()
         self.teacher, teacher_cfg, _ = load_speech_model(cfg.teacher_checkpoint)
         self.teacher.requires_grad_(False)
         info = describe(self.teacher, teacher_cfg)
