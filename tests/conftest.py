@@ -33,11 +33,15 @@ def write_config(path: Path, cfg: dict) -> Path:
     return path
 
 
+def recipe_env() -> dict[str, str]:
+    """The environment path.sh sets up, for commands the tests start."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "MAIN_ROOT": str(REPO),
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
 def run(cmd: list[str], cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
     """Run a recipe command as path.sh would set it up; with `check`, fail the test on a non-zero exit."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MAIN_ROOT": str(REPO),
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=recipe_env(), capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -80,14 +84,18 @@ TEST_STUDENT = [
 ]
 
 
+def distill_cmd(tiny_corpus: Path, teacher: Path, out: Path, *overrides: str,
+                launcher: list[str] | None = None) -> list[str]:
+    """One fairseq-hydra-train run of the distillation plugin with the `tiny` preset, cut down."""
+    return [*(launcher or []), "fairseq-hydra-train", "--config-dir", str(REPO / "conf/distill"),
+            "--config-name", "tiny", f"task.data={tiny_corpus / 'data/manifests'}",
+            f"task.teacher_checkpoint={teacher}", f"checkpoint.save_dir={out / 'checkpoints'}",
+            f"hydra.run.dir={out / 'hydra'}", *TEST_STUDENT, *overrides]
+
+
 def distill(tiny_corpus: Path, teacher: Path, out: Path, *overrides: str, launcher: list[str] | None = None,
             check: bool = True) -> subprocess.CompletedProcess:
-    """One fairseq-hydra-train run of the distillation plugin with the `tiny` preset, cut down."""
-    cmd = [*(launcher or []), "fairseq-hydra-train", "--config-dir", str(REPO / "conf/distill"),
-           "--config-name", "tiny", f"task.data={tiny_corpus / 'data/manifests'}",
-           f"task.teacher_checkpoint={teacher}", f"checkpoint.save_dir={out / 'checkpoints'}",
-           f"hydra.run.dir={out / 'hydra'}", *TEST_STUDENT, *overrides]
-    return run(cmd, check=check)
+    return run(distill_cmd(tiny_corpus, teacher, out, *overrides, launcher=launcher), check=check)
 
 
 @pytest.fixture(scope="session")

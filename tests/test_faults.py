@@ -1,14 +1,19 @@
-"""Faults: a full disk while fairseq saves a checkpoint, and a non-finite loss."""
+"""Faults: kill -9 and rerun, a full disk while fairseq saves a checkpoint, a non-finite loss."""
 from __future__ import annotations
 
 import errno
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
 from fairseq_plugin.atomic_io import make_fairseq_checkpoint_copies_atomic
-from tests.conftest import distill
+from tests.conftest import REPO, distill, distill_cmd, recipe_env, run, tiny_corpus_config, write_config
 
 
 def test_full_disk_while_copying_checkpoint_last_keeps_the_previous_one(tmp_path, monkeypatch):
@@ -59,3 +64,57 @@ def test_nonfinite_loss_can_skip_and_count(tiny_corpus, nan_teacher, tmp_path):
     assert "nonfinite_skipped=" in log
     weights = torch.load(tmp_path / "checkpoints/checkpoint_last.pt", weights_only=False)["model"]
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def kill_when(cmd: list[str], ready, delay: float) -> None:
+    """Start `cmd`, wait until `ready()` holds, let it run `delay` seconds more, then kill -9 it."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=recipe_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(delay)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+KILLED = ["optimization.max_update=8", "model.encoder_layers=6", "task.growth.schedule=explicit",
+          "task.growth.explicit='0:3,4:6'", "task.growth.total_updates=8", "lr_scheduler.total_num_update=8",
+          "checkpoint.save_interval_updates=1"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_corpus, tiny_teacher, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    distill(tiny_corpus, tiny_teacher, out, *KILLED)
+    return torch.load(out / "checkpoints/checkpoint_last.pt", weights_only=False)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.7, 1.6])
+def test_distillation_killed_at_a_random_moment_resumes_to_the_same_weights(tiny_corpus, tiny_teacher, tmp_path,
+                                                                           uninterrupted, delay):
+    """kill -9 somewhere in an 8-update run that grows at update 4 (delays after the first
+    checkpoint land before, at and after the growth), rerun the same command: the result equals
+    an uninterrupted run's."""
+    last = tmp_path / "killed/checkpoints/checkpoint_last.pt"
+    kill_when(distill_cmd(tiny_corpus, tiny_teacher, tmp_path / "killed", *KILLED), last.exists, delay)
+    distill(tiny_corpus, tiny_teacher, tmp_path / "killed", *KILLED)
+    a, b = uninterrupted, torch.load(last, weights_only=False)
+    assert b["optimizer_history"][-1]["num_updates"] == 8 and int(b["model"]["depth"]) == 6
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_corpus_synthesis_killed_then_rerun_gives_the_same_corpus(tiny_corpus, tmp_path):
+    config = write_config(tmp_path / "synth.yaml", tiny_corpus_config())
+    cmd = [sys.executable, "-m", "local.data.prepare", "synth", "--config", str(config),
+           "--corpus-dir", str(tmp_path / "db"), "--data-dir", str(tmp_path / "data")]
+    kill_when(cmd, lambda: any(tmp_path.glob(".db.tmp-*/wav/*/*.flac")), 0.1)
+    assert not (tmp_path / "data").exists(), "a killed run must not leave a data dir behind"
+    run(cmd)
+    for split in ("train", "dev", "test"):
+        for name in ("wav.scp", "text", "text.phn", "utt2num_samples"):
+            ours = (tmp_path / "data" / split / name).read_text().replace(str(tmp_path / "db"), "DB")
+            theirs = (tiny_corpus / "data" / split / name).read_text().replace(str(tiny_corpus / "db"), "DB")
+            assert ours == theirs
