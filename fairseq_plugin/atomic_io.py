@@ -17,10 +17,13 @@ from typing import Callable, Iterator
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary dir beside `final`; on success it replaces `final` in one rename.
 
-    On an exception the temporary dir is removed and `final` is left as it was.
+    On an exception the temporary dir is removed and `final` is left as it was. Leftovers of a
+    killed earlier attempt (one writer per output is assumed) are removed first.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     tmp.chmod(0o755)  # mkdtemp makes 0700; the result is an ordinary output dir
     try:

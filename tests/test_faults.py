@@ -113,6 +113,7 @@ def test_corpus_synthesis_killed_then_rerun_gives_the_same_corpus(tiny_corpus, t
     kill_when(cmd, lambda: any(tmp_path.glob(".db.tmp-*/wav/*/*.flac")), 0.1)
     assert not (tmp_path / "data").exists(), "a killed run must not leave a data dir behind"
     run(cmd)
+    assert not list(tmp_path.glob(".*.tmp-*")), "the rerun clears the killed run's temporary dirs"
     for split in ("train", "dev", "test"):
         for name in ("wav.scp", "text", "text.phn", "utt2num_samples"):
             ours = (tmp_path / "data" / split / name).read_text().replace(str(tmp_path / "db"), "DB")
