@@ -22,11 +22,11 @@ datadir=data
 corpus_dir=db/synth         # where the embedded corpus's audio goes
 corpus_config=conf/corpus/synth.yaml
 teacher_config=hubert_tiny  # conf/teacher/<name>.yaml, for the embedded teacher
+kmeans_clusters=50          # its k-means targets (MFCC, one iteration)
 preset=tiny                 # conf/distill/<preset>.yaml: tiny, paper, deep_narrow, wide_shallow, distilhubert
 operators="interleaved stack_top midas none"  # growth operators to distil with (stage 3), one run each
 asr_config=conf/asr/tiny_s3prl.yaml  # stage 4: ESPnet ASR config (an S3PRL front end)
 superb_config=conf/superb/mini.yaml  # stage 5: mini-SUPERB tasks, budgets and learning rates
-kmeans_clusters=50          # its k-means targets (MFCC, one iteration)
 
 cd "$(dirname "$0")"
 . utils/parse_options.sh
