@@ -111,6 +111,21 @@ def check_speech_checkpoint(path: str | Path) -> tuple[str, str]:
     return model_name, task_name
 
 
+def read_full_depth_student(path: str | Path) -> dict:
+    """A distillation run's checkpoint, refused unless it is a student that finished growing."""
+    state = read_checkpoint(path)
+    model_name, _ = model_and_task_names(state, path)
+    if model_name != "growing_student":
+        raise CheckpointError(f"{path}: a '{model_name}' checkpoint, not a distilled student (growing_student); "
+                              "give a distillation run's student.pt or checkpoint_last.pt")
+    depth, final = int(state["model"]["depth"]), int(state["cfg"]["model"]["encoder_layers"])
+    if depth != final:
+        updates = state["optimizer_history"][-1]["num_updates"]
+        raise CheckpointError(f"{path}: the student has {depth} of its {final} layers after {updates} updates; "
+                              "the run stopped before its last growth, so resume it first")
+    return state
+
+
 def load_speech_model(path: str | Path, arg_overrides: dict | None = None) -> tuple[torch.nn.Module, Any, Any]:
     """Check, then load with fairseq's own loader: returns (model in eval mode, cfg, task).
 

@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 
 from fairseq_plugin.atomic_io import atomic_dir, atomic_save
 from fairseq_plugin.checkpoints import (CheckpointError, fairseq_pickles_allowed, load_speech_model,
-                                        model_and_task_names, read_checkpoint)
+                                        model_and_task_names, read_checkpoint, read_full_depth_student)
 from fairseq_plugin.models.student import GrowingStudent, StudentConfig
 
 LABEL_RATE = 50.0  # the dummy label stream's rate: HuBERT's own frame rate
@@ -44,11 +44,7 @@ def load_student(path: str | Path, random_init: bool = False) -> GrowingStudent:
     With `random_init`, the same architecture with fresh weights (seed 0): the baseline that
     shows what distillation added.
     """
-    state = read_checkpoint(path)
-    model_name, _ = model_and_task_names(state, path)
-    if model_name != "growing_student":
-        raise CheckpointError(f"{path}: a '{model_name}' checkpoint, not a distilled student (growing_student); "
-                              "export takes the student.pt or checkpoint_last.pt of a distillation run")
+    state = read_full_depth_student(path)
     weights = state["model"]
     cfg = OmegaConf.merge(OmegaConf.structured(StudentConfig), {k: v for k, v in state["cfg"]["model"].items()
                                                               if k in StudentConfig.__dataclass_fields__})
@@ -59,9 +55,6 @@ def load_student(path: str | Path, random_init: bool = False) -> GrowingStudent:
                              start_depth=int(weights["depth"]))
     if not random_init:
         student.load_state_dict(weights)
-    if student.live_depth != cfg.encoder_layers:
-        raise CheckpointError(f"{path}: the student has {student.live_depth} of its {cfg.encoder_layers} layers; "
-                              "export a run that finished growing")
     return student.eval()
 
 

@@ -10,19 +10,12 @@ import sys
 from pathlib import Path
 
 from fairseq_plugin.atomic_io import atomic_save
-from fairseq_plugin.checkpoints import CheckpointError, model_and_task_names, read_checkpoint
+from fairseq_plugin.checkpoints import CheckpointError, read_full_depth_student
 
 
 def finalize(src: Path, dst: Path) -> str:
-    state = read_checkpoint(src)
-    model_name, _ = model_and_task_names(state, src)
-    if model_name != "growing_student":
-        raise CheckpointError(f"{src}: a '{model_name}' checkpoint, not a distilled student (growing_student)")
-    depth, final = int(state["model"]["depth"]), int(state["cfg"]["model"]["encoder_layers"])
-    updates = state["optimizer_history"][-1]["num_updates"]
-    if depth != final:
-        raise CheckpointError(f"{src}: the student has {depth} of its {final} layers after {updates} updates; "
-                              "the run stopped before its last growth, so resume it first")
+    state = read_full_depth_student(src)
+    depth, updates = int(state["model"]["depth"]), state["optimizer_history"][-1]["num_updates"]
     atomic_save(lambda tmp: shutil.copyfile(src, tmp), dst)
     return f"{dst}: student at full depth ({depth} layers) after {updates} updates"
 
