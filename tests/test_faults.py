@@ -106,6 +106,17 @@ def test_distillation_killed_at_a_random_moment_resumes_to_the_same_weights(tiny
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+def test_rerunning_a_finished_run_trains_no_further(tiny_corpus, tiny_teacher, tmp_path):
+    """fairseq alone would resume a finished run at max_update, train one more update and
+    overwrite checkpoint_last.pt; a kill after the last save, or a rerun of the recipe, hits this."""
+    distill(tiny_corpus, tiny_teacher, tmp_path, "optimization.max_update=2", "model.encoder_layers=6")
+    last = tmp_path / "checkpoints/checkpoint_last.pt"
+    before = last.read_bytes()
+    proc = distill(tiny_corpus, tiny_teacher, tmp_path, "optimization.max_update=2", "model.encoder_layers=6")
+    assert "nothing left to train" in proc.stdout + proc.stderr
+    assert last.read_bytes() == before
+
+
 def test_corpus_synthesis_killed_then_rerun_gives_the_same_corpus(tiny_corpus, tmp_path):
     config = write_config(tmp_path / "synth.yaml", tiny_corpus_config())
     cmd = [sys.executable, "-m", "local.data.prepare", "synth", "--config", str(config),

@@ -22,6 +22,7 @@ from omegaconf import II
 
 from fairseq_plugin import growth
 from fairseq_plugin.atomic_io import make_fairseq_checkpoint_copies_atomic
+from fairseq_plugin.finished_runs import stop_reruns_of_finished_runs
 from fairseq_plugin.checkpoints import describe, load_speech_model
 from fairseq_plugin.encoder_outputs import layer_outputs
 from fairseq_plugin.models.student import unwrap_student
@@ -85,6 +86,7 @@ class DistillationTask(AudioPretrainingTask):
     def __init__(self, cfg: DistillationConfig):
         super().__init__(cfg)
         make_fairseq_checkpoint_copies_atomic()
+        stop_reruns_of_finished_runs()
         self.teacher, teacher_cfg, _ = load_speech_model(cfg.teacher_checkpoint)
         self.teacher.requires_grad_(False)
         info = describe(self.teacher, teacher_cfg)
