@@ -13,7 +13,7 @@ help_message=$(sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//')
 stage=1
 stop_stage=5
 ngpu=0                      # GPUs for distillation (0: CPU)
-nj=2                        # parallel jobs for data prep
+nj=2                        # parallel jobs (data prep, mini-SUPERB upstreams)
 librispeech_root=""         # LibriSpeech in its own layout; empty: the embedded espeak-ng corpus
 librispeech_splits="train-clean-100 dev-clean test-clean"
 teacher_ckpt=""             # a released fairseq HuBERT/wav2vec 2.0/data2vec checkpoint; empty: train one
@@ -33,8 +33,16 @@ cd "$(dirname "$0")"
 
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (${0##*/}:${BASH_LINENO[0]}) $*"; }
 abspath() { realpath -m "$1"; }
-# export_upstream SRC DIR [--random-init]: a teacher or student as fairseq HuBERT + S3PRL checkpoints
-export_upstream() { python -m fairseq_plugin.export "$1" "$2" --formats fairseq s3prl "${@:3}"; }
+# export_upstream SRC NAME [--random-init]: a teacher or student as fairseq HuBERT + S3PRL checkpoints
+# in ${upstream_dir}/NAME, shared by stages 4 and 5; kept while newer than SRC.
+export_upstream() {
+  local out=${upstream_dir}/$2
+  if [ "${out}/s3prl.pt" -nt "$1" ] && [ "${out}/hubert.pt" -nt "$1" ]; then
+    log "upstream ${out} is up to date with $1"
+  else
+    python -m fairseq_plugin.export "$1" "${out}" --formats fairseq s3prl "${@:3}"
+  fi
+}
 
 ./local/setup_env.sh
 . ./path.sh
@@ -52,6 +60,7 @@ fi
 teacher_dir=$(abspath "${expdir}/teacher")
 distill_dir=$(abspath "${expdir}/distill")
 asr_dir=$(abspath "${expdir}/asr")
+upstream_dir=$(abspath "${expdir}/upstreams")
 manifests=$(abspath "${datadir}/manifests")
 
 if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
@@ -114,30 +123,32 @@ fi
 if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
   student_op=${operators%% *}
   log "Stage 4: ESPnet ASR (${asr_config}) on a frozen teacher, the ${student_op} student and a random-init student"
-  export_upstream "${teacher_dir}/teacher.pt" "${asr_dir}/upstreams/teacher"
-  export_upstream "${distill_dir}/${student_op}/student.pt" "${asr_dir}/upstreams/student"
-  export_upstream "${distill_dir}/${student_op}/student.pt" "${asr_dir}/upstreams/random_init" --random-init
-  for tag in teacher student random_init; do
-    local/asr/asr.sh --tag "${tag}" --upstream-dir "${asr_dir}/upstreams/${tag}" --config "${asr_config}" \
+  export_upstream "${teacher_dir}/teacher.pt" teacher
+  export_upstream "${distill_dir}/${student_op}/student.pt" "${student_op}"
+  export_upstream "${distill_dir}/${student_op}/student.pt" random_init --random-init
+  for tag in teacher "${student_op}" random_init; do
+    local/asr/asr.sh --tag "${tag}" --upstream-dir "${upstream_dir}/${tag}" --config "${asr_config}" \
       --datadir "${datadir}" --train-set "${train_set}" --valid-set "${valid_set}" --test-set "${test_set}" \
       --asr-dir "${asr_dir}"
   done
-  python -m local.asr.report "${asr_dir}" --tags teacher student random_init --test-set "${test_set}"
+  python -m local.asr.report "${asr_dir}" --tags teacher "${student_op}" random_init --test-set "${test_set}"
 fi
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ] && [ -n "${librispeech_root}" ]; then
   log "Stage 5: mini-SUPERB needs the embedded corpus's phone, keyword and speaker labels; for SUPERB"
   log "proper, run S3PRL's run_downstream.py with -u hubert_local -k <export>/s3prl.pt (see README)"
 elif [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
   superb_dir=$(abspath "${expdir}/superb")
-  export_upstream "${teacher_dir}/teacher.pt" "${superb_dir}/upstreams/teacher"
-  upstreams=(--upstream "teacher=${superb_dir}/upstreams/teacher/s3prl.pt")
+  upstreams=()
+  export_upstream "${teacher_dir}/teacher.pt" teacher
   for op in ${operators}; do
-    export_upstream "${distill_dir}/${op}/student.pt" "${superb_dir}/upstreams/${op}"
-    upstreams+=(--upstream "${op}=${superb_dir}/upstreams/${op}/s3prl.pt")
+    export_upstream "${distill_dir}/${op}/student.pt" "${op}"
   done
-  export_upstream "${distill_dir}/${operators%% *}/student.pt" "${superb_dir}/upstreams/random_init" --random-init
-  upstreams+=(--upstream "random_init=${superb_dir}/upstreams/random_init/s3prl.pt")
+  export_upstream "${distill_dir}/${operators%% *}/student.pt" random_init --random-init
+  for name in teacher ${operators} random_init; do
+    upstreams+=(--upstream "${name}=${upstream_dir}/${name}/s3prl.pt")
+  done
   log "Stage 5: mini-SUPERB (${superb_config}: PR, ASR, KS, SID) -> ${superb_dir}/results.{md,csv}, layer_weights.png"
-  python -m local.superb.run --config "${superb_config}" --datadir "${datadir}" --out "${superb_dir}" "${upstreams[@]}"
+  python -m local.superb.run --config "${superb_config}" --datadir "${datadir}" --out "${superb_dir}" \
+    --nj "${nj}" "${upstreams[@]}"
 fi
 log "Finished stages ${stage}-${stop_stage}"

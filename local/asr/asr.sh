@@ -3,7 +3,7 @@
 #   sentencepiece BPE + token list (espnet2.bin.tokenize_text), shapes (asr_train --collect_stats),
 #   training (espnet2.bin.asr_train), decoding (espnet2.bin.asr_inference), scoring (WER/CER).
 #
-#   local/asr/asr.sh --tag student --upstream-dir exp/asr/upstreams/student
+#   local/asr/asr.sh --tag interleaved --upstream-dir exp/upstreams/interleaved
 #
 # --upstream-dir holds the exports of `python -m fairseq_plugin.export` (hubert.pt, s3prl.pt);
 # the config is any ESPnet ASR config whose "<- yours" lines local/asr/make_config.py fills in.

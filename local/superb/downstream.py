@@ -1,5 +1,5 @@
-"""SUPERB-style downstream models on frozen features: a learnable weighted sum of all hidden
-layers, then the task's light head (2-layer BiLSTM + CTC, or mean-pool + linear)."""
+"""SUPERB-style downstream models on frozen, layer-normalised features: a learnable weighted
+sum of all hidden layers, then the task's light head (2-layer BiLSTM + CTC, or mean-pool + linear)."""
 from __future__ import annotations
 
 import random
@@ -10,27 +10,37 @@ import torch.nn.functional as F
 
 
 class WeightedSum(torch.nn.Module):
-    """softmax(w) . layer_norm(h_l) over layers, as S3PRL's Featurizer."""
+    """softmax(w) . h_l over layers, as S3PRL's Featurizer (the layers come normalised)."""
 
     def __init__(self, num_layers: int):
         super().__init__()
         self.weights = torch.nn.Parameter(torch.zeros(num_layers))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # ... x L x T x D -> ... x T x D
-        normed = F.layer_norm(hidden, hidden.shape[-1:])
         w = self.weights.softmax(0).view(-1, 1, 1)
-        return (normed * w).sum(dim=-3)
+        return (hidden * w).sum(dim=-3)
+
+
+def downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Average each `factor` consecutive frames (T x D), as S3PRL's RNN downstream's `sample_rate`
+    option reduces the frame rate: half the BiLSTM's work, and CTC still has frames to spare."""
+    frames = x.shape[0] // factor * factor
+    if factor == 1 or frames == 0:
+        return x
+    return x[:frames].reshape(-1, factor, x.shape[-1]).mean(dim=1)
 
 
 class BlstmCtc(torch.nn.Module):
-    def __init__(self, num_layers: int, dim: int, hidden: int, vocab: int):
+    def __init__(self, num_layers: int, dim: int, project: int, hidden: int, vocab: int, factor: int):
         super().__init__()
+        self.factor = factor
         self.featurizer = WeightedSum(num_layers)
-        self.lstm = torch.nn.LSTM(dim, hidden, num_layers=2, bidirectional=True, batch_first=True)
+        self.project = torch.nn.Linear(dim, project)
+        self.lstm = torch.nn.LSTM(project, hidden, num_layers=2, bidirectional=True, batch_first=True)
         self.out = torch.nn.Linear(2 * hidden, vocab + 1)  # + CTC blank (index 0)
 
     def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        x = [self.featurizer(f.float()) for f in feats]
+        x = [self.project(downsample(self.featurizer(f.float()), self.factor)) for f in feats]
         lens = torch.tensor([len(t) for t in x])
         packed = torch.nn.utils.rnn.pack_sequence(x, enforce_sorted=False)
         y, _ = self.lstm(packed)
@@ -45,19 +55,19 @@ class PoolLinear(torch.nn.Module):
         self.out = torch.nn.Linear(dim, classes)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:  # B x L x D (already mean-pooled per layer)
-        return self.out(self.featurizer(pooled.float().unsqueeze(-2)).squeeze(-2))
+        return self.out(self.featurizer(pooled.unsqueeze(-2)).squeeze(-2))
 
 
 def _pooled(feats: torch.Tensor) -> torch.Tensor:
-    # Mean-pooling commutes with the weighted sum, so pool each normalised layer once up front.
-    return F.layer_norm(feats.float(), feats.shape[-1:]).mean(dim=-2)
+    # Mean-pooling commutes with the weighted sum, so pool each layer once up front.
+    return feats.float().mean(dim=-2)
 
 
 def train_ctc(task: dict, train: list[tuple[torch.Tensor, list[int]]], vocab: int, seed: int) -> BlstmCtc:
     torch.manual_seed(seed)
     rng = random.Random(seed)
     num_layers, _, dim = train[0][0].shape
-    model = BlstmCtc(num_layers, dim, task["hidden"], vocab)
+    model = BlstmCtc(num_layers, dim, task["project"], task["hidden"], vocab, task["downsample"])
     opt = torch.optim.Adam(model.parameters(), lr=task["lr"])
     for _ in range(task["steps"]):
         batch = rng.sample(train, min(task["batch"], len(train)))

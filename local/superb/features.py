@@ -1,15 +1,16 @@
 """Hidden states of a frozen upstream, through S3PRL's own `S3PRLUpstream("hubert_local")`.
 
-Features are extracted once per upstream and split and cached (fp16), since SUPERB freezes the
-upstream: every downstream task then trains on the cache.
+SUPERB freezes the upstream, so its hidden states are computed once per upstream and every
+downstream task trains on them. Each layer is layer-normalised here, once, as S3PRL's
+Featurizer does before its weighted sum; the downstream heads only weight and sum.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from fairseq_plugin.atomic_io import atomic_save
 from fairseq_plugin.checkpoints import fairseq_pickles_allowed
 from local.data.audio import read_audio
 from local.data.kaldi import read_dict, read_table
@@ -17,7 +18,7 @@ from local.data.kaldi import read_dict, read_table
 
 @torch.no_grad()
 def extract(s3prl_ckpt: Path, data_dir: Path, batch: int = 8) -> dict[str, torch.Tensor]:
-    """utt -> hidden states [layers + 1, frames, dim] (fp16), CNN output first, as S3PRL gives them."""
+    """utt -> layer-normalised hidden states [layers + 1, frames, dim] (fp16), CNN output first."""
     from s3prl.nn import S3PRLUpstream
 
     with fairseq_pickles_allowed():
@@ -34,13 +35,6 @@ def extract(s3prl_ckpt: Path, data_dir: Path, batch: int = 8) -> dict[str, torch
         hidden, hidden_lens = upstream(padded, lens)
         stacked = torch.stack(hidden, dim=1)  # B x (L+1) x T x D
         for (utt, _), h, n in zip(chunk, stacked, hidden_lens[0]):
-            feats[utt] = h[:, : int(n)].to(torch.float16).clone()
-    return feats
-
-
-def cached(s3prl_ckpt: Path, data_dir: Path, cache: Path, batch: int = 8) -> dict[str, torch.Tensor]:
-    if cache.is_file():
-        return torch.load(cache)
-    feats = extract(s3prl_ckpt, data_dir, batch)
-    atomic_save(lambda tmp: torch.save(feats, tmp), cache)
+            h = h[:, : int(n)]
+            feats[utt] = F.layer_norm(h, h.shape[-1:]).to(torch.float16)
     return feats

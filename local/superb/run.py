@@ -1,11 +1,12 @@
 """Stage 5: mini-SUPERB on the embedded corpus (PR, ASR, KS, SID) for several frozen upstreams.
 
     python -m local.superb.run --config conf/superb/mini.yaml --datadir data --out exp/superb \
-        --upstream teacher=exp/asr/upstreams/teacher/s3prl.pt --upstream interleaved=...
+        --upstream teacher=exp/upstreams/teacher/s3prl.pt --upstream interleaved=... [--nj 2]
 
 Trains on `train`, reports on `test` with a fixed budget per task (no model selection on dev).
 Writes `<out>/results.md`, `<out>/results.csv` and `<out>/layer_weights.png`; each upstream's
-scores are kept in `<out>/<name>/scores.json`, so a rerun only does what is missing.
+scores are kept in `<out>/<name>/scores.json`, so a rerun only does what is missing. Upstreams
+are evaluated `--nj` at a time, one thread each (small heads use cores better side by side).
 """
 from __future__ import annotations
 
@@ -13,51 +14,66 @@ import argparse
 import csv
 import io
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import torch
 import yaml
 
 from fairseq_plugin.atomic_io import atomic_save, atomic_write_text
 from local.data.kaldi import read_dict
 from local.superb import downstream, features
 
-METRICS = {"pr": "PER (%)", "asr": "WER (%)", "ks": "KS acc (%)", "sid": "SID acc (%)"}
+METRICS = {"pr": "PER (%)", "asr": "WER (%)", "asr_cer": "ASR CER (%)", "ks": "KS acc (%)", "sid": "SID acc (%)"}
 
 
-def evaluate(name: str, ckpt: Path, cfg: dict, data: Path, out: Path) -> dict:
+def _ctc_task(task_name: str, task: dict, labels: dict, feats: dict, seed: int) -> tuple[dict, torch.nn.Module]:
+    tokenize = (lambda s: s.split()) if task_name == "pr" else (lambda s: list(s.replace(" ", "|")))
+    vocab = sorted({t for text in labels["train"].values() for t in tokenize(text)})
+    index = {t: i for i, t in enumerate(vocab)}
+    train = [(feats["train"][u], [index[t] for t in tokenize(text)]) for u, text in labels["train"].items()]
+    model = downstream.train_ctc(task, train, len(vocab), seed)
+    test_utts = sorted(labels["test"])
+    hyps = [[vocab[i] for i in seq] for seq in downstream.ctc_decode(model, [feats["test"][u] for u in test_utts])]
+    refs = [tokenize(labels["test"][u]) for u in test_utts]
+    if task_name == "pr":
+        return {"pr": downstream.error_rate(refs, hyps)}, model
+    words = lambda chars: "".join(chars).replace("|", " ").split()  # noqa: E731
+    return {"asr": downstream.error_rate([words(r) for r in refs], [words(h) for h in hyps]),
+            "asr_cer": downstream.error_rate([[c for c in r if c != "|"] for r in refs],
+                                             [[c for c in h if c != "|"] for h in hyps])}, model
+
+
+def _classification_task(task: dict, labels: dict, feats: dict, seed: int) -> tuple[float, torch.nn.Module]:
+    classes = sorted(set(labels["train"].values()))
+    index = {c: i for i, c in enumerate(classes)}
+    train = [(feats["train"][u], index[c]) for u, c in labels["train"].items()]
+    model = downstream.train_classifier(task, train, len(classes), seed)
+    test_utts = sorted(labels["test"])
+    preds = downstream.classify(model, [feats["test"][u] for u in test_utts])
+    return 100.0 * sum(classes[p] == labels["test"][u] for p, u in zip(preds, test_utts)) / len(test_utts), model
+
+
+def evaluate(name: str, ckpt: Path, cfg: dict, data: Path, out: Path, threads: int = 0) -> dict:
     scores_file = out / name / "scores.json"
     if scores_file.is_file():
         return json.loads(scores_file.read_text())
-    feats = {split: features.cached(ckpt, data / split, out / name / f"feats_{split}.pt", cfg["feature_batch"])
-             for split in ("train", "test")}
+    if threads:
+        torch.set_num_threads(threads)
+    feats = {split: features.extract(ckpt, data / split, cfg["feature_batch"]) for split in ("train", "test")}
     scores, weights = {}, {}
     for task_name, task in cfg["tasks"].items():
         labels = {split: read_dict(data / split / task["labels"]) for split in ("train", "test")}
         if task["head"] == "blstm_ctc":
-            tokenize = (lambda s: s.split()) if task_name == "pr" else (lambda s: list(s.replace(" ", "|")))
-            vocab = sorted({t for text in labels["train"].values() for t in tokenize(text)})
-            index = {t: i for i, t in enumerate(vocab)}
-            train = [(feats["train"][u], [index[t] for t in tokenize(text)]) for u, text in labels["train"].items()]
-            model = downstream.train_ctc(task, train, len(vocab), cfg["seed"])
-            test_utts = sorted(labels["test"])
-            hyps = [[vocab[i] for i in seq] for seq in downstream.ctc_decode(model, [feats["test"][u] for u in test_utts])]
-            if task_name == "pr":
-                refs = [tokenize(labels["test"][u]) for u in test_utts]
-            else:  # word error rate on the decoded character strings
-                refs = [labels["test"][u].split() for u in test_utts]
-                hyps = ["".join(h).replace("|", " ").split() for h in hyps]
-            scores[task_name] = downstream.error_rate(refs, hyps)
+            task_scores, model = _ctc_task(task_name, task, labels, feats, cfg["seed"])
+            scores.update(task_scores)
         else:
-            classes = sorted(set(labels["train"].values()))
-            index = {c: i for i, c in enumerate(classes)}
-            train = [(feats["train"][u], index[c]) for u, c in labels["train"].items()]
-            model = downstream.train_classifier(task, train, len(classes), cfg["seed"])
-            test_utts = sorted(labels["test"])
-            preds = downstream.classify(model, [feats["test"][u] for u in test_utts])
-            scores[task_name] = 100.0 * sum(classes[p] == labels["test"][u] for p, u in zip(preds, test_utts)) / len(test_utts)
+            scores[task_name], model = _classification_task(task, labels, feats, cfg["seed"])
         weights[task_name] = model.featurizer.weights.softmax(0).tolist()
     result = {"scores": scores, "layer_weights": weights}
     atomic_write_text(scores_file, json.dumps(result, indent=2))
+    print(f"mini-SUPERB: {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()), flush=True)
     return result
 
 
@@ -68,7 +84,7 @@ def write_reports(results: dict[str, dict], out: Path) -> str:
     writer = csv.writer(buf)
     writer.writerow(["upstream", *METRICS])
     for name, r in results.items():
-        row = [f"{r['scores'][t]:.2f}" for t in METRICS]
+        row = [f"{r['scores'][t]:.2f}" if t in r["scores"] else "-" for t in METRICS]
         lines.append("| " + " | ".join([name, *row]) + " |")
         writer.writerow([name, *row])
     table = "\n".join(lines) + "\n"
@@ -80,8 +96,9 @@ def write_reports(results: dict[str, dict], out: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.2), sharey=True)
-    for ax, task in zip(axes, METRICS):
+    tasks = list(next(iter(results.values()))["layer_weights"])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.2), sharey=True)
+    for ax, task in zip(axes, tasks):
         for name, r in results.items():
             w = r["layer_weights"][task]
             ax.plot(range(len(w)), w, marker="o", label=name)
@@ -100,13 +117,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datadir", type=Path, default=Path("data"))
     parser.add_argument("--out", type=Path, default=Path("exp/superb"))
     parser.add_argument("--upstream", action="append", required=True, metavar="NAME=S3PRL_CKPT")
+    parser.add_argument("--nj", type=int, default=1, help="upstreams evaluated at once, one thread each")
     args = parser.parse_args(argv)
     cfg = yaml.safe_load(args.config.read_text())
-    results = {}
-    for item in args.upstream:
-        name, _, ckpt = item.partition("=")
+    upstreams = dict(item.partition("=")[::2] for item in args.upstream)
+    for name, ckpt in upstreams.items():
         print(f"mini-SUPERB: {name} ({ckpt})", flush=True)
-        results[name] = evaluate(name, Path(ckpt), cfg, args.datadir, args.out)
+    if args.nj > 1:
+        with ProcessPoolExecutor(args.nj, mp_context=multiprocessing.get_context("spawn")) as pool:
+            jobs = {name: pool.submit(evaluate, name, Path(ckpt), cfg, args.datadir, args.out, 1)
+                    for name, ckpt in upstreams.items()}
+            results = {name: job.result() for name, job in jobs.items()}
+    else:
+        results = {name: evaluate(name, Path(ckpt), cfg, args.datadir, args.out) for name, ckpt in upstreams.items()}
     print(write_reports(results, args.out), end="")
 
 
