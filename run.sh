@@ -26,6 +26,7 @@ kmeans_clusters=50          # its k-means targets (MFCC, one iteration)
 preset=tiny                 # conf/distill/<preset>.yaml: tiny, paper, deep_narrow, wide_shallow, distilhubert
 operators="interleaved stack_top midas none"  # growth operators to distil with (stage 3), one run each
 asr_config=conf/asr/tiny_s3prl.yaml  # stage 4: ESPnet ASR config (an S3PRL front end)
+nbpe=30                     # stage 4: sentencepiece BPE size (LibriSpeech 100 h recipes use 5000)
 superb_config=conf/superb/mini.yaml  # stage 5: mini-SUPERB tasks, budgets and learning rates
 
 cd "$(dirname "$0")"
@@ -127,7 +128,7 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
   export_upstream "${distill_dir}/${student_op}/student.pt" "${student_op}"
   export_upstream "${distill_dir}/${student_op}/student.pt" random_init --random-init
   for tag in teacher "${student_op}" random_init; do
-    local/asr/asr.sh --tag "${tag}" --upstream-dir "${upstream_dir}/${tag}" --config "${asr_config}" \
+    local/asr/asr.sh --tag "${tag}" --upstream-dir "${upstream_dir}/${tag}" --config "${asr_config}" --nbpe "${nbpe}" \
       --datadir "${datadir}" --train-set "${train_set}" --valid-set "${valid_set}" --test-set "${test_set}" \
       --asr-dir "${asr_dir}"
   done

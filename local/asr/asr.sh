@@ -21,15 +21,15 @@ train_set=train
 valid_set=dev
 test_set=test
 asr_dir=exp/asr
-nbpe=100
+nbpe=30
 train_args=""   # extra arguments for espnet2.bin.asr_train, e.g. "--max_epoch 2"
 . utils/parse_options.sh
 
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (asr.sh) $*"; }
 [ -n "${tag}" ] && [ -n "${upstream_dir}" ] || { log "error: --tag and --upstream-dir are required"; exit 1; }
 
-bpe_dir=${asr_dir}/bpe
-stats_dir=${asr_dir}/stats
+bpe_dir=${asr_dir}/bpe${nbpe}
+stats_dir=${asr_dir}/stats_bpe${nbpe}
 exp=${asr_dir}/${tag}
 mkdir -p "${asr_dir}" "${exp}"
 bpe_opts=(--token_type bpe --bpemodel "${bpe_dir}/bpe.model" --token_list "${bpe_dir}/tokens.txt"
