@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from fairseq.data import Dictionary
 from fairseq.dataclass.configs import FairseqConfig
-from fairseq.models.hubert.hubert import HubertModel
+from fairseq.models.hubert.hubert import HubertConfig, HubertModel
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 from omegaconf import OmegaConf
 
@@ -58,9 +58,10 @@ def load_student(path: str | Path, random_init: bool = False) -> GrowingStudent:
     return student.eval()
 
 
-def to_fairseq_hubert(student: GrowingStudent, normalize: bool = False) -> tuple[HubertModel, dict]:
-    """A fairseq HubertModel holding the student's encoder, and the checkpoint dict to save it."""
-    hcfg = student.hubert_config()
+def hubert_checkpoint(hcfg: HubertConfig, normalize: bool = False, weights: dict | None = None,
+                      num_updates: int = 0) -> tuple[HubertModel, dict]:
+    """A fairseq HubertModel of shape `hcfg` (with `weights` loaded, if given: the encoder's only),
+    and the plain `hubert_pretraining` / `hubert` checkpoint dict that saves it."""
     hcfg._name = "hubert"
     hcfg.label_rate = LABEL_RATE
     task_cfg = HubertPretrainingConfig(data=".", labels=["km"], label_rate=LABEL_RATE, sample_rate=16000,
@@ -69,11 +70,11 @@ def to_fairseq_hubert(student: GrowingStudent, normalize: bool = False) -> tuple
     dictionary = Dictionary()
     dictionary.add_symbol("0")
     model = HubertModel(hcfg, task_cfg, [dictionary])
-    encoder_weights = {k: v for k, v in student.state_dict().items() if not k.startswith("heads.") and k != "depth"}
-    missing, unexpected = model.load_state_dict(encoder_weights, strict=False)
-    heads_only = {"mask_emb", "final_proj.weight", "final_proj.bias", "label_embs_concat"}
-    if unexpected or set(missing) - heads_only:
-        raise RuntimeError(f"student and HuBERT weights differ: missing {missing}, unexpected {unexpected}")
+    if weights is not None:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        heads_only = {"mask_emb", "final_proj.weight", "final_proj.bias", "label_embs_concat"}
+        if unexpected or set(missing) - heads_only:
+            raise RuntimeError(f"student and HuBERT weights differ: missing {missing}, unexpected {unexpected}")
     cfg = OmegaConf.structured(FairseqConfig)
     cfg.task = OmegaConf.structured(task_cfg)
     cfg.model = OmegaConf.structured(hcfg)
@@ -83,12 +84,18 @@ def to_fairseq_hubert(student: GrowingStudent, normalize: bool = False) -> tuple
         "model": model.state_dict(),
         "criterion": None,
         "optimizer_history": [{"criterion_name": "HubertCriterion", "optimizer_name": "FairseqAdam",
-                               "lr_scheduler_state": {}, "num_updates": student.num_updates}],
+                               "lr_scheduler_state": {}, "num_updates": num_updates}],
         "task_state": {"dictionaries": [dictionary]},
         "extra_state": {"epoch": 1, "train_iterator": {"epoch": 1}, "val_loss": None},
         "last_optimizer_state": None,
     }
     return model.eval(), state
+
+
+def to_fairseq_hubert(student: GrowingStudent, normalize: bool = False) -> tuple[HubertModel, dict]:
+    """A fairseq HubertModel holding the student's encoder, and the checkpoint dict to save it."""
+    encoder_weights = {k: v for k, v in student.state_dict().items() if not k.startswith("heads.") and k != "depth"}
+    return hubert_checkpoint(student.hubert_config(), normalize, encoder_weights, student.num_updates)
 
 
 def _hf_name(fairseq_key: str) -> str | None:

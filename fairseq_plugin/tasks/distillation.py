@@ -20,11 +20,11 @@ from fairseq.tasks import register_task
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
 from omegaconf import II
 
-from fairseq_plugin import growth
+from fairseq_plugin import growth, speed
 from fairseq_plugin.atomic_io import make_fairseq_checkpoint_copies_atomic
 from fairseq_plugin.finished_runs import stop_reruns_of_finished_runs
 from fairseq_plugin.checkpoints import describe, load_speech_model
-from fairseq_plugin.encoder_outputs import layer_outputs
+from fairseq_plugin.encoder_outputs import cnn_features, layer_outputs
 from fairseq_plugin.models.student import unwrap_student
 from fairseq_plugin.surgery import grow_student
 
@@ -58,6 +58,7 @@ class DistillationConfig(AudioPretrainingConfig):
         metadata={"help": "teacher layers (1-based) for the layer-to-layer loss; fixed through growth"})
     enable_padding: bool = field(default=True, metadata={"help": "pad batches (with a padding mask) instead of cropping"})
     growth: GrowthConfig = field(default_factory=GrowthConfig)
+    speed: speed.SpeedConfig = field(default_factory=speed.SpeedConfig)
 
 
 class SeededCollater(BaseWrapperDataset):
@@ -87,8 +88,11 @@ class DistillationTask(AudioPretrainingTask):
         super().__init__(cfg)
         make_fairseq_checkpoint_copies_atomic()
         stop_reruns_of_finished_runs()
+        speed.check(cfg.speed)
         self.teacher, teacher_cfg, _ = load_speech_model(cfg.teacher_checkpoint)
         self.teacher.requires_grad_(False)
+        if cfg.speed.pos_conv_fp32:
+            speed.keep_pos_conv_fp32(self.teacher)
         info = describe(self.teacher, teacher_cfg)
         self.teacher_dim = info.dim
         self.teacher_depth = info.layers
@@ -131,7 +135,16 @@ class DistillationTask(AudioPretrainingTask):
             self.start_depth = self.stages[0].depth
         logger.info("growth (%s, %s): %s", g.operator, g.schedule,
                     ", ".join(f"depth {s.depth} from update {s.start_update}" for s in self.stages))
-        return super().build_model(cfg, from_checkpoint)
+        model = super().build_model(cfg, from_checkpoint)
+        if self.cfg.speed.pos_conv_fp32:
+            speed.keep_pos_conv_fp32(model)
+        if self.cfg.speed.share_teacher_cnn:
+            if not model.copy_cnn_from(self.teacher):
+                raise ValueError(f"task.speed.share_teacher_cnn=true needs the student's CNN (model.conv_feature_layers="
+                                 f"{cfg.conv_feature_layers!r}) to have the teacher's shapes ({self.cfg.teacher_checkpoint})")
+            model.feature_extractor.requires_grad_(False)
+            model.layer_norm.requires_grad_(False)
+        return model
 
     def load_dataset(self, split: str, task_cfg: FairseqDataclass = None, **kwargs):
         super().load_dataset(split, task_cfg, **kwargs)
@@ -143,13 +156,18 @@ class DistillationTask(AudioPretrainingTask):
     # -- teacher ----------------------------------------------------------------------------
     @torch.no_grad()
     def teacher_outputs(self, sample) -> dict[int, torch.Tensor]:
-        """Teacher layer outputs keyed by 1-based layer, for the layers the loss needs."""
+        """Teacher layer outputs keyed by 1-based layer, for the layers the loss needs. With
+        `speed.share_teacher_cnn`, also puts the CNN features into the student's input."""
         source = sample["net_input"]["source"]
         if next(self.teacher.parameters()).device != source.device:
             self.teacher.to(source.device)
         self.teacher.eval()
-        layers, _ = layer_outputs(self.teacher, source, sample["net_input"].get("padding_mask"),
-                                  self.deepest_teacher_layer)
+        with speed.autocast(source.device, self.cfg.speed.teacher_precision):
+            features = cnn_features(self.teacher, source)
+            layers, _ = layer_outputs(self.teacher, source, sample["net_input"].get("padding_mask"),
+                                      self.deepest_teacher_layer, features=features)
+        if self.cfg.speed.share_teacher_cnn:
+            sample["net_input"]["features"] = features.float()
         wanted = {self.teacher_depth, *self.cfg.teacher_layers}
         return {i: layers[i - 1] for i in wanted}
 
@@ -185,11 +203,13 @@ class DistillationTask(AudioPretrainingTask):
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         sample["teacher"] = self.teacher_outputs(sample)
         self._grow_if_due(sample, model, criterion, optimizer, update_num)
-        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        with speed.autocast(sample["net_input"]["source"].device, self.cfg.speed.student_precision):
+            return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def valid_step(self, sample, model, criterion):
         sample["teacher"] = self.teacher_outputs(sample)
-        return super().valid_step(sample, model, criterion)
+        with speed.autocast(sample["net_input"]["source"].device, self.cfg.speed.student_precision):
+            return super().valid_step(sample, model, criterion)
 
 
 def _check_replicas_agree(student) -> None:

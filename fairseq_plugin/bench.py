@@ -1,0 +1,244 @@
+"""Benchmark of one distillation step, and of what interleaved stacking saves in wall-clock.
+
+    python -m fairseq_plugin.bench                     # GPU: HuBERT Base teacher, `paper` student
+    python -m fairseq_plugin.bench --size small        # what a 2-core CPU measures in a minute
+    python -m fairseq_plugin.bench --size tiny --steps 2 --warmup 1 --out bench.json   # smoke test
+
+Measured in one run, on the device it runs on, with random weights (cost does not depend on them):
+
+1. The plugin's real training step (`DistillationTask.train_step`, the `layer_distillation`
+   criterion, fairseq's Adam), with the `task.speed.*` levers off and on, against a plain eager
+   PyTorch step of the same teacher, student, loss and batch. Reported: ms per step, audio-hours
+   per hour, achieved TFLOP/s (counted by torch's FlopCounterMode, forward + backward), peak
+   GPU memory, and the ratio to the eager baseline.
+2. Interleaved stacking's wall-clock speed-up with an EQL schedule 3 -> 6 -> 9 -> 12 (equal
+   updates and data per depth) against full depth: t(12) / mean(t(3), t(6), t(9), t(12)), with
+   the levers off and on. The depth does not change what the teacher and the CNN cost, which
+   is why cutting those fixed costs is what lets growth pay.
+
+Prints a table and writes a JSON report.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from fairseq.models.hubert.hubert import HubertConfig
+from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
+from omegaconf import OmegaConf
+from torch.utils.flop_counter import FlopCounterMode
+
+from fairseq_plugin import growth
+from fairseq_plugin.atomic_io import atomic_save, atomic_write_text
+from fairseq_plugin.criterions.layer_distillation import (LayerDistillationConfig, LayerDistillationCriterion,
+                                                          student_layer_for)
+from fairseq_plugin.encoder_outputs import layer_outputs
+from fairseq_plugin.export import hubert_checkpoint
+from fairseq_plugin.models.student import HUBERT_CNN, StudentConfig
+from fairseq_plugin.speed import SpeedConfig
+from fairseq_plugin.tasks.distillation import DistillationConfig, DistillationTask, GrowthConfig
+
+TINY_CNN = "[(64,10,5)] + [(64,3,2)] * 4 + [(64,2,2)] * 2"
+
+
+@dataclass
+class Size:
+    teacher: tuple[int, int, int, int]  # layers, dim, ffn, heads
+    student: tuple[int, int, int, int]
+    cnn: str
+    batch: int
+    seconds: float
+
+    def describe(self) -> str:
+        t, s = self.teacher, self.student
+        return (f"teacher {t[0]} x {t[1]} (FFN {t[2]}, {t[3]} heads), student {s[0]} x {s[1]} (FFN {s[2]}, "
+                f"{s[3]} heads), batch {self.batch} x {self.seconds:g} s")
+
+
+SIZES = {
+    "base": Size((12, 768, 3072, 12), (12, 384, 1536, 8), HUBERT_CNN, 8, 15.0),  # HuBERT Base -> `paper`
+    "small": Size((6, 256, 1024, 4), (12, 128, 512, 4), HUBERT_CNN, 2, 4.0),
+    "tiny": Size((3, 64, 128, 2), (12, 32, 64, 2), TINY_CNN, 2, 1.0),
+}
+LEVERS_ON = SpeedConfig(teacher_precision="bf16", student_precision="bf16", pos_conv_fp32=True, share_teacher_cnn=True)
+LEVERS_OFF = SpeedConfig(teacher_precision="fp32", student_precision="fp32", pos_conv_fp32=False, share_teacher_cnn=False)
+
+
+def teacher_layers(depth: int) -> list[int]:
+    """The paper's 4/8/12 of 12, at the same relative depths for other teachers."""
+    return sorted({max(1, round(depth * k / 3)) for k in (1, 2, 3)})
+
+
+def write_teacher(size: Size, path: Path) -> None:
+    layers, dim, ffn, heads = size.teacher
+    hcfg = HubertConfig(encoder_layers=layers, encoder_embed_dim=dim, encoder_ffn_embed_dim=ffn,
+                        encoder_attention_heads=heads, conv_feature_layers=size.cnn, encoder_layerdrop=0.0)
+    _, state = hubert_checkpoint(hcfg)
+    atomic_save(lambda tmp: torch.save(state, tmp), path)
+
+
+def build(size: Size, teacher_ckpt: Path, levers: SpeedConfig, device: torch.device):
+    """The plugin's own task, student, criterion and optimizer, as fairseq-hydra-train builds them."""
+    layers, dim, ffn, heads = size.student
+    task = DistillationTask(DistillationConfig(
+        data=str(teacher_ckpt.parent), teacher_checkpoint=str(teacher_ckpt),
+        teacher_layers=teacher_layers(size.teacher[0]), speed=levers,
+        growth=GrowthConfig(operator="none", total_updates=1)))
+    torch.manual_seed(0)
+    model_cfg = OmegaConf.structured(StudentConfig(
+        encoder_layers=layers, encoder_embed_dim=dim, encoder_ffn_embed_dim=ffn, encoder_attention_heads=heads,
+        conv_feature_layers=size.cnn))
+    model_cfg._name = "growing_student"
+    model = task.build_model(model_cfg)
+    model.to(device)
+    task.teacher.to(device)
+    criterion = LayerDistillationCriterion(LayerDistillationConfig(), task)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = FairseqAdam(FairseqAdamConfig(lr=[5e-4], weight_decay=1e-4, adam_betas="(0.9,0.98)"), params)
+    return task, model, criterion, optimizer
+
+
+def make_batch(size: Size, device: torch.device) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    source = torch.randn(size.batch, int(size.seconds * 16000), generator=gen).to(device)
+    return {"id": torch.arange(size.batch), "net_input": {"source": source,
+                                                          "padding_mask": torch.zeros_like(source, dtype=torch.bool)}}
+
+
+def set_depth(task: DistillationTask, model, depth: int) -> None:
+    task.stages = [growth.Stage(0, depth)]
+    model.depth.fill_(depth)
+
+
+def plugin_step(task, model, criterion, optimizer, batch, update: int = 0) -> None:
+    sample = {"id": batch["id"], "net_input": dict(batch["net_input"])}
+    task.train_step(sample, model, criterion, optimizer, update)
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def eager_step(task, model, optimizer: torch.optim.Optimizer, batch) -> None:
+    """Every lever off, written out in plain PyTorch: the teacher forward, the student forward,
+    MSE on the last layer + 0.5 x layer-to-layer MSE, backward, AdamW."""
+    source, padding_mask = batch["net_input"]["source"], batch["net_input"]["padding_mask"]
+    with torch.no_grad():
+        t_layers, _ = layer_outputs(task.teacher.eval(), source, padding_mask, task.teacher_depth)
+    model.train()
+    s_layers = model(source, padding_mask)["layers"]
+    loss = F.mse_loss(model.heads[0](s_layers[-1]), t_layers[-1])
+    terms = [F.mse_loss(model.heads[k](s_layers[student_layer_for(t, task.teacher_depth, len(s_layers)) - 1]),
+                        t_layers[t - 1]) for k, t in enumerate(task.cfg.teacher_layers, start=1)]
+    loss = loss + 0.5 * torch.stack(terms).mean()
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_step(step, device: torch.device, steps: int, warmup: int) -> float:
+    """Median seconds per call of `step()`, after `warmup` calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(step, size: Size, device: torch.device, steps: int, warmup: int) -> dict:
+    with FlopCounterMode(display=False) as counter:
+        step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = time_step(step, device, steps, warmup)
+    audio = size.batch * size.seconds
+    return {"ms_per_step": 1000 * seconds, "audio_hours_per_hour": audio / seconds,
+            "tflops": counter.get_total_flops() / seconds / 1e12,
+            "peak_gpu_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
+
+
+def run(size: Size, device: torch.device, steps: int, warmup: int, depths: list[int]) -> dict:
+    batch = make_batch(size, device)
+    report: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
+                    else f"cpu ({torch.get_num_threads()} threads)",
+                    "size": size.describe(), "torch": torch.__version__, "step": {}, "stacking": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        teacher_ckpt = Path(tmp) / "teacher.pt"
+        write_teacher(size, teacher_ckpt)
+        task, model, _, _ = build(size, teacher_ckpt, LEVERS_OFF, device)
+        adamw = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
+        report["step"]["baseline"] = measure(lambda: eager_step(task, model, adamw, batch), size, device, steps, warmup)
+        for name, levers in (("levers_off", LEVERS_OFF), ("levers_on", LEVERS_ON)):
+            task, model, criterion, optimizer = build(size, teacher_ckpt, levers, device)
+            report["step"]["plugin" if name == "levers_on" else "plugin_levers_off"] = measure(
+                lambda: plugin_step(task, model, criterion, optimizer, batch), size, device, steps, warmup)
+            per_depth = {}
+            for depth in depths:
+                set_depth(task, model, depth)
+                per_depth[depth] = time_step(lambda: plugin_step(task, model, criterion, optimizer, batch),
+                                             device, steps, warmup)
+            full = per_depth[max(depths)]
+            report["stacking"][name] = {"ms_per_step_at_depth": {d: 1000 * t for d, t in per_depth.items()},
+                                        "speedup": full / statistics.mean(per_depth.values())}
+    base = report["step"]["baseline"]["audio_hours_per_hour"]
+    for row in report["step"].values():
+        row["x_baseline"] = row["audio_hours_per_hour"] / base
+    return report
+
+
+def table(report: dict, depths: list[int]) -> str:
+    lines = [f"device: {report['device']}; {report['size']}; torch {report['torch']}", "",
+             "| step | ms/step | audio-h per h | TFLOP/s | peak GPU GiB | x baseline |", "|---|---|---|---|---|---|"]
+    names = {"baseline": "eager PyTorch, fp32 (baseline)", "plugin_levers_off": "plugin, levers off",
+             "plugin": "plugin, levers on (bf16, fp32 pos conv, shared CNN)"}
+    for key, row in report["step"].items():
+        mem = f"{row['peak_gpu_mem_gib']:.2f}" if row["peak_gpu_mem_gib"] is not None else "-"
+        lines.append(f"| {names[key]} | {row['ms_per_step']:.1f} | {row['audio_hours_per_hour']:.0f} | "
+                     f"{row['tflops']:.3f} | {mem} | {row['x_baseline']:.2f}x baseline |")
+    lines += ["", "| EQL stacking " + " -> ".join(map(str, depths)) + " | "
+              + " | ".join(f"ms at depth {d}" for d in depths) + " | speed-up vs full depth |",
+              "|---|" + "---|" * (len(depths) + 1)]
+    for name, row in report["stacking"].items():
+        ms = row["ms_per_step_at_depth"]
+        lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(f"{ms[d]:.1f}" for d in depths)
+                     + f" | {row['speedup']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SIZES), help="default: base on a GPU, small on CPU")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement (median)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("exp/bench/bench.json"))
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # eager TF32: the baseline the GPU figures use
+        torch.backends.cudnn.allow_tf32 = True
+    size = SIZES[args.size or ("base" if device.type == "cuda" else "small")]
+    depths = list(range(3, size.student[0] + 1, 3))
+    report = run(size, device, args.steps, args.warmup, depths)
+    atomic_write_text(args.out, json.dumps(report, indent=2))
+    print(table(report, depths), end="")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Switches that make a distillation step cheaper (`task.speed.*`), and what they do.
+
+- `teacher_precision` / `student_precision`: run the teacher's forward, and the student's
+  forward and backward, under `torch.autocast` (bf16 or fp16). Parameters, optimizer state and
+  the loss stay fp32, so the optimizer keeps fp32 master weights; fairseq's own non-finite
+  handling (and `criterion.nonfinite`) applies unchanged. Off by default: it changes numerics.
+- `pos_conv_fp32`: keep the convolutional positional embedding (grouped conv1d, kernel 128) in
+  fp32 inside autocast. In bf16 it is the slowest op of a HuBERT layer stack on GPUs; in fp32
+  it is ~10x faster there. On by default: outside autocast it changes nothing.
+- `share_teacher_cnn`: the student's CNN front end is the teacher's, copied at start and frozen,
+  and the CNN runs once per batch for both. Needs identical CNN shapes. Off by default: it
+  fixes the student's CNN (a different student, not a faster way to train the same one).
+"""
+from __future__ import annotations
+
+import contextlib
+import types
+from dataclasses import dataclass, field
+
+import torch
+from fairseq.dataclass import FairseqDataclass
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class SpeedConfig(FairseqDataclass):
+    teacher_precision: str = field(default="fp32", metadata={"help": "teacher forward: fp32, bf16 or fp16 autocast"})
+    student_precision: str = field(default="fp32", metadata={"help": "student forward/backward: fp32, bf16 or fp16 autocast"})
+    pos_conv_fp32: bool = field(default=True, metadata={"help": "keep the positional conv in fp32 under autocast"})
+    share_teacher_cnn: bool = field(
+        default=False, metadata={"help": "student uses the teacher's (frozen) CNN; the CNN runs once per batch"})
+
+
+def check(cfg: SpeedConfig) -> None:
+    for key in ("teacher_precision", "student_precision"):
+        if getattr(cfg, key) not in PRECISIONS:
+            raise ValueError(f"task.speed.{key}={getattr(cfg, key)!r}: choose one of {', '.join(PRECISIONS)}")
+
+
+def autocast(device: torch.device, precision: str):
+    """`torch.autocast` for `precision`, or nothing for fp32."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _fp32_forward(self, x: torch.Tensor) -> torch.Tensor:
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return torch.nn.Sequential.forward(self, x.float()).to(x.dtype)
+
+
+def keep_pos_conv_fp32(model: torch.nn.Module) -> None:
+    """Run `model.encoder.pos_conv` in fp32 even under autocast. The forward is replaced on the
+    instance, so parameter names, checkpoints and exports are untouched."""
+    pos_conv = model.encoder.pos_conv
+    if not isinstance(pos_conv, torch.nn.Sequential):
+        raise TypeError(f"expected fairseq's pos_conv Sequential, found {type(pos_conv).__name__}")
+    pos_conv.forward = types.MethodType(_fp32_forward, pos_conv)

@@ -1,0 +1,59 @@
+"""The speed switches (`task.speed.*`) and the benchmark."""
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from fairseq_plugin import speed
+from fairseq_plugin.checkpoints import load_speech_model
+from tests.conftest import REPO, distill, run
+
+
+def test_pos_conv_stays_fp32_under_autocast(tiny_teacher):
+    teacher, _, _ = load_speech_model(tiny_teacher)
+    pos_conv = teacher.encoder.pos_conv
+    x = torch.randn(2, teacher.encoder.embedding_dim, 50)
+    reference = pos_conv(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = pos_conv(x.bfloat16())
+        speed.keep_pos_conv_fp32(teacher)
+        kept = pos_conv(x.bfloat16())
+    assert kept.dtype == torch.bfloat16  # what the next layer expects
+    err_kept = (kept.float() - reference).abs().max()
+    err_plain = (plain.float() - reference).abs().max()
+    assert err_kept < err_plain  # computed in fp32: only the input and output roundings remain
+    assert set(teacher.state_dict()) == set(load_speech_model(tiny_teacher)[0].state_dict())
+
+
+def test_bf16_and_shared_cnn_train_the_student(tiny_corpus, tiny_teacher, tmp_path):
+    distill(tiny_corpus, tiny_teacher, tmp_path, "optimization.max_update=4", "model.encoder_layers=6",
+            "task.speed.teacher_precision=bf16", "task.speed.student_precision=bf16",
+            "task.speed.share_teacher_cnn=true")
+    state = torch.load(tmp_path / "checkpoints/checkpoint_last.pt", weights_only=False)
+    student, teacher = state["model"], load_speech_model(tiny_teacher)[0].state_dict()
+    cnn = [k for k in student if k.startswith(("feature_extractor.", "layer_norm."))]
+    assert cnn and all(torch.equal(student[k], teacher[k]) for k in cnn)  # the teacher's, frozen
+    assert all(torch.isfinite(v).all() for v in student.values() if v.is_floating_point())
+    assert int(student["depth"]) == 6
+
+
+def test_shared_cnn_needs_the_teachers_shapes(tiny_corpus, tiny_teacher, tmp_path):
+    proc = distill(tiny_corpus, tiny_teacher, tmp_path, "optimization.max_update=1", "task.growth.operator=none",
+                   "task.speed.share_teacher_cnn=true", "model.conv_feature_layers='[(64,10,5)] + [(64,3,2)] * 4 + [(64,2,2)] * 2'",
+                   check=False)
+    assert proc.returncode != 0 and "share_teacher_cnn=true needs the student's CNN" in proc.stderr + proc.stdout
+
+
+def test_benchmark_runs_and_reports_ratios(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run([sys.executable, "-m", "fairseq_plugin.bench", "--size", "tiny", "--steps", "2", "--warmup", "1",
+                "--out", str(out)])
+    report = json.loads(out.read_text())
+    step = report["step"]
+    assert {"baseline", "plugin"} <= set(step)
+    for row in step.values():
+        assert row["audio_hours_per_hour"] > 0 and row["tflops"] > 0
+    assert report["stacking"]["levers_off"]["speedup"] > 0 and report["stacking"]["levers_on"]["speedup"] > 0
+    assert "x baseline" in proc.stdout
