@@ -56,6 +56,19 @@ def tiny_corpus(tmp_path_factory) -> Path:
     return root
 
 
+def teacher_cmd(tiny_corpus: Path, labels: Path, out: Path) -> list[str]:
+    """fairseq-hydra-train of the recipe's teacher config, cut down to a 2 x 64 HuBERT and 6 updates."""
+    data = tiny_corpus / "data"
+    return ["fairseq-hydra-train", "--config-dir", str(REPO / "conf/teacher"), "--config-name", "hubert_tiny",
+            f"task.data={data / 'manifests'}", f"task.label_dir={labels}",
+            f"checkpoint.save_dir={out / 'checkpoints'}", f"hydra.run.dir={out / 'hydra'}",
+            "model.encoder_layers=2", "model.encoder_embed_dim=64", "model.encoder_ffn_embed_dim=128",
+            "model.encoder_attention_heads=2", "model.final_dim=32",
+            "model.conv_feature_layers='[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2'",
+            "optimization.max_update=6", "lr_scheduler.warmup_updates=2", "dataset.max_tokens=64000",
+            "checkpoint.save_interval_updates=3", "dataset.validate_interval_updates=6"]
+
+
 @pytest.fixture(scope="session")
 def tiny_teacher(tiny_corpus, tmp_path_factory) -> Path:
     """A genuine fairseq HuBERT checkpoint (2 layers x 64), pre-trained for a few updates on the
@@ -64,14 +77,7 @@ def tiny_teacher(tiny_corpus, tmp_path_factory) -> Path:
     data = tiny_corpus / "data"
     run(["bash", "local/teacher/kmeans_labels.sh", "--manifest-dir", str(data / "manifests"),
          "--splits", "train dev", "--n-clusters", "8", "--out-dir", str(exp / "labels")])
-    run(["fairseq-hydra-train", "--config-dir", str(REPO / "conf/teacher"), "--config-name", "hubert_tiny",
-         f"task.data={data / 'manifests'}", f"task.label_dir={exp / 'labels'}",
-         f"checkpoint.save_dir={exp / 'checkpoints'}", f"hydra.run.dir={exp / 'hydra'}",
-         "model.encoder_layers=2", "model.encoder_embed_dim=64", "model.encoder_ffn_embed_dim=128",
-         "model.encoder_attention_heads=2", "model.final_dim=32",
-         "model.conv_feature_layers='[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2'",
-         "optimization.max_update=6", "lr_scheduler.warmup_updates=2", "dataset.max_tokens=64000",
-         "checkpoint.save_interval_updates=3", "dataset.validate_interval_updates=6"])
+    run(teacher_cmd(tiny_corpus, exp / "labels", exp))
     return exp / "checkpoints" / "checkpoint_last.pt"
 
 

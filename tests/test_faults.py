@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from fairseq_plugin.atomic_io import make_fairseq_checkpoint_copies_atomic
-from tests.conftest import REPO, distill, distill_cmd, recipe_env, run, tiny_corpus_config, write_config
+from tests.conftest import (REPO, distill, distill_cmd, recipe_env, run, teacher_cmd, tiny_corpus_config,
+                            write_config)
 
 
 def test_full_disk_while_copying_checkpoint_last_keeps_the_previous_one(tmp_path, monkeypatch):
@@ -102,6 +103,20 @@ def test_distillation_killed_at_a_random_moment_resumes_to_the_same_weights(tiny
     distill(tiny_corpus, tiny_teacher, tmp_path / "killed", *KILLED)
     a, b = uninterrupted, torch.load(last, weights_only=False)
     assert b["optimizer_history"][-1]["num_updates"] == 8 and int(b["model"]["depth"]) == 6
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.5])
+def test_teacher_training_killed_then_rerun_matches_an_uninterrupted_run(tiny_corpus, tiny_teacher, tmp_path, delay):
+    """Stage 2: kill -9 fairseq's HuBERT pre-training after its first checkpoint, rerun the same
+    command; the teacher equals the uninterrupted one (the tiny_teacher fixture, same command)."""
+    cmd = teacher_cmd(tiny_corpus, tiny_teacher.parents[1] / "labels", tmp_path)
+    last = tmp_path / "checkpoints/checkpoint_last.pt"
+    kill_when(cmd, last.exists, delay)
+    run(cmd)
+    a, b = torch.load(tiny_teacher, weights_only=False), torch.load(last, weights_only=False)
+    assert b["optimizer_history"][-1]["num_updates"] == a["optimizer_history"][-1]["num_updates"] == 6
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6, msg=key)
 
