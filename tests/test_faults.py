@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import yaml
 import torch
 
 from fairseq_plugin.atomic_io import make_fairseq_checkpoint_copies_atomic
@@ -145,3 +146,31 @@ def test_corpus_synthesis_killed_then_rerun_gives_the_same_corpus(tiny_corpus, t
             ours = (tmp_path / "data" / split / name).read_text().replace(str(tmp_path / "db"), "DB")
             theirs = (tiny_corpus / "data" / split / name).read_text().replace(str(tiny_corpus / "db"), "DB")
             assert ours == theirs
+
+
+def test_mini_superb_killed_then_rerun_gives_the_same_table(tiny_corpus, tiny_student, tmp_path):
+    """Stage 5: kill -9 while the upstreams are being evaluated (two at once), rerun: only what
+    was unfinished is redone, and the table equals an uninterrupted run's."""
+    from fairseq_plugin.export import export
+
+    export(tiny_student, tmp_path / "student", ["fairseq", "s3prl"])
+    export(tiny_student, tmp_path / "random_init", ["fairseq", "s3prl"], random_init=True)
+    cfg = yaml.safe_load((REPO / "conf/superb/mini.yaml").read_text())
+    for task in cfg["tasks"].values():
+        task["steps"] = 30
+    config = write_config(tmp_path / "mini.yaml", cfg)
+
+    def cmd(out):
+        return [sys.executable, "-m", "local.superb.run", "--config", str(config), "--datadir",
+                str(tiny_corpus / "data"), "--out", str(out), "--nj", "2",
+                "--upstream", f"student={tmp_path / 'student/s3prl.pt'}",
+                "--upstream", f"random_init={tmp_path / 'random_init/s3prl.pt'}"]
+
+    start = time.time()
+    run(cmd(tmp_path / "uninterrupted"))
+    killed = tmp_path / "killed"
+    kill_when(cmd(killed), lambda: True, (time.time() - start) / 2)  # half-way through
+    assert not (killed / "results.csv").exists()
+    run(cmd(killed))
+    assert not list(killed.rglob(".*.tmp*")), "no temporary files left behind"
+    assert (killed / "results.csv").read_text() == (tmp_path / "uninterrupted/results.csv").read_text()
