@@ -174,3 +174,25 @@ def test_mini_superb_killed_then_rerun_gives_the_same_table(tiny_corpus, tiny_st
     run(cmd(killed))
     assert not list(killed.rglob(".*.tmp*")), "no temporary files left behind"
     assert (killed / "results.csv").read_text() == (tmp_path / "uninterrupted/results.csv").read_text()
+
+
+def test_espnet_asr_killed_then_rerun_gives_the_same_result(tiny_corpus, tiny_student, tmp_path):
+    """Stage 4: kill -9 `local/asr/asr.sh` half-way (BPE, shapes, ESPnet training or decoding),
+    rerun: each finished step is kept, ESPnet resumes from its last epoch, and the decoded test
+    set equals an uninterrupted run's."""
+    from fairseq_plugin.export import export
+
+    export(tiny_student, tmp_path / "export", ["fairseq", "s3prl"])
+
+    def cmd(asr_dir):
+        return ["bash", "local/asr/asr.sh", "--tag", "student", "--upstream-dir", str(tmp_path / "export"),
+                "--config", str(REPO / "conf/asr/tiny_s3prl.yaml"), "--datadir", str(tiny_corpus / "data"),
+                "--asr-dir", str(asr_dir), "--train-args", "--batch_size 4 --max_epoch 2"]
+
+    start = time.time()
+    run(cmd(tmp_path / "uninterrupted"))
+    kill_when(cmd(tmp_path / "killed"), lambda: True, (time.time() - start) / 2)
+    run(cmd(tmp_path / "killed"))
+    decoded = "student/decode_test/1best_recog/text"
+    assert (tmp_path / "killed" / decoded).read_text() == (tmp_path / "uninterrupted" / decoded).read_text()
+    assert not list((tmp_path / "killed").rglob(".*.tmp-*")), "no temporary dirs left behind"

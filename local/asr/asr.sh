@@ -32,6 +32,8 @@ bpe_dir=${asr_dir}/bpe${nbpe}
 stats_dir=${asr_dir}/stats_bpe${nbpe}
 exp=${asr_dir}/${tag}
 mkdir -p "${asr_dir}" "${exp}"
+# What a killed run left half-done: its temporary dirs (finished steps were renamed into place).
+rm -rf "${asr_dir}"/.bpe.tmp-* "${asr_dir}"/.stats.tmp-* "${exp}"/.decode.tmp-*
 bpe_opts=(--token_type bpe --bpemodel "${bpe_dir}/bpe.model" --token_list "${bpe_dir}/tokens.txt"
           --cleaner none --g2p none --non_linguistic_symbols none)
 data_opts=(--train_data_path_and_name_and_type "${datadir}/${train_set}/wav.scp,speech,sound"
