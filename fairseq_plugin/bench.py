@@ -7,7 +7,7 @@
 Measured in one run, on the device it runs on, with random weights (cost does not depend on them):
 
 1. The plugin's real training step (`DistillationTask.train_step`, the `layer_distillation`
-   criterion, fairseq's Adam), with the `task.speed.*` levers off and on, against a plain eager
+   criterion, fairseq's Adam), with the `task.speed.*` levers off, each alone, and all on, against a plain eager
    PyTorch step of the same teacher, student, loss and batch. Reported: ms per step, audio-hours
    per hour, achieved TFLOP/s (counted by torch's FlopCounterMode, forward + backward), peak
    GPU memory, and the ratio to the eager baseline.
@@ -69,6 +69,16 @@ SIZES = {
 }
 LEVERS_ON = SpeedConfig(teacher_precision="bf16", student_precision="bf16", pos_conv_fp32=True, share_teacher_cnn=True)
 LEVERS_OFF = SpeedConfig(teacher_precision="fp32", student_precision="fp32", pos_conv_fp32=False, share_teacher_cnn=False)
+# Step variants of the plugin, each lever alone and all together (name -> switches, description).
+VARIANTS = {
+    "plugin_levers_off": (LEVERS_OFF, "plugin, levers off"),
+    "plugin_bf16_pos_conv_bf16": (SpeedConfig(teacher_precision="bf16", student_precision="bf16", pos_conv_fp32=False),
+                                  "plugin, bf16 autocast, pos conv in bf16"),
+    "plugin_bf16": (SpeedConfig(teacher_precision="bf16", student_precision="bf16", pos_conv_fp32=True),
+                    "plugin, bf16 autocast, pos conv in fp32"),
+    "plugin_shared_cnn": (SpeedConfig(pos_conv_fp32=True, share_teacher_cnn=True), "plugin, fp32, shared CNN"),
+    "plugin": (LEVERS_ON, "plugin, levers on (bf16, fp32 pos conv, shared CNN)"),
+}
 
 
 def teacher_layers(depth: int) -> list[int]:
@@ -183,10 +193,12 @@ def run(size: Size, device: torch.device, steps: int, warmup: int, depths: list[
         task, model, _, _ = build(size, teacher_ckpt, LEVERS_OFF, device)
         adamw = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
         report["step"]["baseline"] = measure(lambda: eager_step(task, model, adamw, batch), size, device, steps, warmup)
+        for name, (levers, _) in VARIANTS.items():
+            task, model, criterion, optimizer = build(size, teacher_ckpt, levers, device)
+            report["step"][name] = measure(
+                lambda: plugin_step(task, model, criterion, optimizer, batch), size, device, steps, warmup)
         for name, levers in (("levers_off", LEVERS_OFF), ("levers_on", LEVERS_ON)):
             task, model, criterion, optimizer = build(size, teacher_ckpt, levers, device)
-            report["step"]["plugin" if name == "levers_on" else "plugin_levers_off"] = measure(
-                lambda: plugin_step(task, model, criterion, optimizer, batch), size, device, steps, warmup)
             per_depth = {}
             for depth in depths:
                 set_depth(task, model, depth)
@@ -204,8 +216,7 @@ def run(size: Size, device: torch.device, steps: int, warmup: int, depths: list[
 def table(report: dict, depths: list[int]) -> str:
     lines = [f"device: {report['device']}; {report['size']}; torch {report['torch']}", "",
              "| step | ms/step | audio-h per h | TFLOP/s | peak GPU GiB | x baseline |", "|---|---|---|---|---|---|"]
-    names = {"baseline": "eager PyTorch, fp32 (baseline)", "plugin_levers_off": "plugin, levers off",
-             "plugin": "plugin, levers on (bf16, fp32 pos conv, shared CNN)"}
+    names = {"baseline": "eager PyTorch, fp32 (baseline)", **{k: v[1] for k, v in VARIANTS.items()}}
     for key, row in report["step"].items():
         mem = f"{row['peak_gpu_mem_gib']:.2f}" if row["peak_gpu_mem_gib"] is not None else "-"
         lines.append(f"| {names[key]} | {row['ms_per_step']:.1f} | {row['audio_hours_per_hour']:.0f} | "

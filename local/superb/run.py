@@ -14,6 +14,7 @@ import argparse
 import csv
 import io
 import json
+import logging
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -93,6 +94,7 @@ def write_reports(results: dict[str, dict], out: Path) -> str:
 
     import matplotlib
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # S3PRL leaves the root logger at DEBUG
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
