@@ -57,3 +57,14 @@ def test_benchmark_runs_and_reports_ratios(tmp_path):
         assert row["audio_hours_per_hour"] > 0 and row["tflops"] > 0
     assert report["stacking"]["levers_off"]["speedup"] > 0 and report["stacking"]["levers_on"]["speedup"] > 0
     assert "x baseline" in proc.stdout
+
+
+def test_attention_runs_through_scaled_dot_product_attention(tiny_teacher):
+    """fairseq's MultiheadAttention hands need_weights=False calls to
+    F.multi_head_attention_forward, which uses PyTorch's fused SDPA: no patch is needed."""
+    from fairseq_plugin.encoder_outputs import layer_outputs
+
+    teacher, _, _ = load_speech_model(tiny_teacher)
+    with torch.profiler.profile() as prof, torch.no_grad():
+        layer_outputs(teacher.eval(), torch.randn(2, 16000), None, 2)
+    assert "aten::scaled_dot_product_attention" in {e.key for e in prof.key_averages()}
