@@ -8,7 +8,7 @@ import torch
 
 from fairseq_plugin import speed
 from fairseq_plugin.checkpoints import load_speech_model
-from tests.conftest import REPO, distill, run
+from tests.conftest import distill, run
 
 
 def test_pos_conv_stays_fp32_under_autocast(tiny_teacher):

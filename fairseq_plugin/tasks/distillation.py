@@ -21,8 +21,6 @@ from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrai
 from omegaconf import II
 
 from fairseq_plugin import growth, speed
-from fairseq_plugin.atomic_io import make_fairseq_checkpoint_copies_atomic
-from fairseq_plugin.resumable import seed_numpy_per_update, stop_reruns_of_finished_runs
 from fairseq_plugin.checkpoints import describe, load_speech_model
 from fairseq_plugin.encoder_outputs import cnn_features, layer_outputs
 from fairseq_plugin.models.student import unwrap_student
@@ -86,9 +84,6 @@ class DistillationTask(AudioPretrainingTask):
 
     def __init__(self, cfg: DistillationConfig):
         super().__init__(cfg)
-        make_fairseq_checkpoint_copies_atomic()
-        stop_reruns_of_finished_runs()
-        seed_numpy_per_update()
         speed.check(cfg.speed)
         self.teacher, teacher_cfg, _ = load_speech_model(cfg.teacher_checkpoint)
         self.teacher.requires_grad_(False)

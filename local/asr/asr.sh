@@ -8,9 +8,9 @@
 # --upstream-dir holds the exports of `python -m fairseq_plugin.export` (hubert.pt, s3prl.pt);
 # the config is any ESPnet ASR config whose "<- yours" lines local/asr/make_config.py fills in.
 #
-# Shared between upstreams (done once, under <asr-dir>/{bpe,stats}): the BPE model and the
-# shape files. Each step is skipped when its output exists, so a killed run redoes only what
-# was unfinished (ESPnet's trainer resumes from its own checkpoint).
+# Shared between upstreams (done once, in <asr-dir>/bpe<nbpe> and stats_bpe<nbpe>): the BPE
+# model and the shape files. Each step is skipped when its output exists, so a killed run
+# redoes only what was unfinished (ESPnet's trainer resumes from its own checkpoint).
 set -euo pipefail
 
 tag=""

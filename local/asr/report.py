@@ -1,6 +1,6 @@
 """Collect stage 4's WER/CER per upstream into `<asr-dir>/results.md`.
 
-    python -m local.asr.report exp/asr --tags teacher student random_init --test-set test
+    python -m local.asr.report exp/asr --tags teacher interleaved random_init --test-set test
 """
 from __future__ import annotations
 
