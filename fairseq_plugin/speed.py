@@ -10,6 +10,9 @@
 - `share_teacher_cnn`: the student's CNN front end is the teacher's, copied at start and frozen,
   and the CNN runs once per batch for both. Needs identical CNN shapes. Off by default: it
   fixes the student's CNN (a different student, not a faster way to train the same one).
+- `teacher_cache`: a directory where the teacher's targets are kept on disk (memory-mapped
+  fp16), so the teacher runs once per utterance, not once per epoch and per student. Off by
+  default: crops become fixed per utterance and targets fp16 (`fairseq_plugin/teacher_cache.py`).
 """
 from __future__ import annotations
 
@@ -30,6 +33,9 @@ class SpeedConfig(FairseqDataclass):
     pos_conv_fp32: bool = field(default=True, metadata={"help": "keep the positional conv in fp32 under autocast"})
     share_teacher_cnn: bool = field(
         default=False, metadata={"help": "student uses the teacher's (frozen) CNN; the CNN runs once per batch"})
+    teacher_cache: str = field(
+        default="", metadata={"help": "directory for the teacher's targets on disk (fp16, fixed crops); "
+                                      "empty: run the teacher every step"})
 
 
 def check(cfg: SpeedConfig) -> None:

@@ -71,6 +71,8 @@ class LayerDistillationCriterion(FairseqCriterion):
                              f"{tuple(layers[-1].shape[:2])}: their CNN front ends must have the same frame rate")
         keep = ~padding_mask if padding_mask is not None else torch.ones(first.shape[:2], dtype=torch.bool,
                                                                           device=first.device)
+        if "target_padding_mask" in sample:  # frames the targets do not cover (teacher cache)
+            keep = keep & ~sample["target_padding_mask"]
         depth = len(layers)
         loss_last = self.distance(student.heads[0](layers[-1]), teacher[task.teacher_depth], keep)
         logging_output = {"loss_last": loss_last.detach(), "depth": depth}
@@ -103,6 +105,9 @@ class LayerDistillationCriterion(FairseqCriterion):
             metrics.log_scalar(key, sum(float(log.get(key, 0)) for log in logging_outputs) / n, n, round=4)
         # Outputs arrive summed over workers (sample_size is 1 per worker and batch): divide by n.
         metrics.log_scalar("depth", sum(log.get("depth", 0) for log in logging_outputs) / n, weight=0)
+        if any("cached_targets" in log for log in logging_outputs):  # share of batches the teacher cache served
+            metrics.log_scalar("cached_targets", sum(log.get("cached_targets", 0) for log in logging_outputs) / n,
+                               n, round=2)
         skipped = sum(log.get("nonfinite_skipped", 0) for log in logging_outputs)
         if skipped:
             metrics.log_scalar("nonfinite_skipped", skipped, weight=0, priority=1)

@@ -4,15 +4,20 @@ Each step: the frozen teacher (loaded with fairseq's checkpoint utilities, run o
 deepest layer the loss needs) gives its layer outputs; the criterion compares the student's with
 them. Before the step, the student grows if the schedule says so (`_grow_if_due`).
 
+With `task.speed.teacher_cache`, the teacher's targets come from disk where an earlier epoch or
+run left them (`fairseq_plugin/teacher_cache.py`).
+
 The teacher is kept off the model on purpose: it is never put in train mode by `model.train()`,
 never enters a checkpoint, the optimizer or DDP.
 """
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import List
 
+import numpy as np
 import torch
 from fairseq.data import BaseWrapperDataset, data_utils
 from fairseq.dataclass import FairseqDataclass
@@ -20,7 +25,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
 from omegaconf import II
 
-from fairseq_plugin import growth, speed
+from fairseq_plugin import growth, speed, teacher_cache
 from fairseq_plugin.checkpoints import describe, load_speech_model
 from fairseq_plugin.encoder_outputs import cnn_features, layer_outputs
 from fairseq_plugin.models.student import unwrap_student
@@ -78,6 +83,34 @@ class SeededCollater(BaseWrapperDataset):
             return self.dataset.collater(samples)
 
 
+class CachedTargetsDataset(BaseWrapperDataset):
+    """Crops each utterance the same way every epoch, and hands batches whose targets are all in
+    the teacher cache over with them (`cached_teacher`), read in the data loader's workers."""
+
+    def __init__(self, dataset, cache: teacher_cache.TeacherCache, split: str, max_samples: int, seed: int,
+                 convs: list[tuple[int, int]]):
+        super().__init__(dataset)
+        self.cache, self.split, self.max_samples, self.seed, self.convs = cache, split, max_samples, seed, convs
+
+    def __getitem__(self, index):
+        item = self.dataset[index]
+        if item.get("source") is not None:
+            item["source"] = teacher_cache.fixed_crop(item["source"], self.max_samples, self.seed, index)
+        return item
+
+    def collater(self, samples):
+        batch = self.dataset.collater(samples)
+        if not batch:
+            return batch
+        ids = batch["id"]
+        batch["split"] = self.split
+        batch["target_frames"] = self.cache.frames(ids)
+        if self.cache.has(ids):
+            frames = teacher_cache.num_frames(batch["net_input"]["source"].size(1), self.convs)
+            batch["cached_teacher"] = self.cache.read(ids, frames)
+        return batch
+
+
 @register_task("hubert_distillation", dataclass=DistillationConfig)
 class DistillationTask(AudioPretrainingTask):
     cfg: DistillationConfig
@@ -106,6 +139,8 @@ class DistillationTask(AudioPretrainingTask):
         # Planned in build_model, once the student's final depth is known.
         self.stages: list[growth.Stage] | None = None
         self.start_depth: int | None = None
+        self.teacher_caches: dict[str, teacher_cache.TeacherCache] = {}
+        self._teacher_sha256: str | None = None
 
     @property
     def num_targets(self) -> int:
@@ -147,7 +182,33 @@ class DistillationTask(AudioPretrainingTask):
         if len(self.datasets[split]) == 0:
             raise ValueError(f"{self.cfg.data}/{split}.tsv: manifest lists no usable audio "
                              f"(none between min_sample_size={self.cfg.min_sample_size} and the batch limits)")
+        if self.cfg.speed.teacher_cache:
+            self.datasets[split] = self._with_cached_targets(split, self.datasets[split])
         self.datasets[split] = SeededCollater(self.datasets[split], self.cfg.seed)
+
+    def _with_cached_targets(self, split: str, dataset) -> CachedTargetsDataset:
+        cfg = self.cfg
+        if not cfg.enable_padding:
+            raise ValueError("task.speed.teacher_cache needs task.enable_padding=true: cropping each batch to its "
+                             "shortest utterance would give an utterance other audio in every batch")
+        manifest = os.path.join(cfg.data, f"{split}.tsv")
+        if not os.path.isfile(manifest):
+            raise ValueError(f"task.speed.teacher_cache needs a tsv manifest; {manifest} does not exist")
+        if self._teacher_sha256 is None:
+            self._teacher_sha256 = teacher_cache.file_sha256(cfg.teacher_checkpoint)
+        convs = teacher_cache.conv_shapes(self.teacher)
+        max_samples = cfg.max_sample_size or int(dataset.sizes.max())
+        frames = teacher_cache.num_frames(np.minimum(dataset.sizes, max_samples), convs)
+        fingerprint = {"teacher_sha256": self._teacher_sha256, "manifest_sha256": teacher_cache.file_sha256(manifest),
+                       "max_sample_size": max_samples, "min_sample_size": cfg.min_sample_size, "seed": cfg.seed,
+                       "normalize": bool(cfg.normalize), "teacher_precision": cfg.speed.teacher_precision}
+        cache = teacher_cache.TeacherCache(cfg.speed.teacher_cache, split, frames,
+                                           sorted({self.teacher_depth, *cfg.teacher_layers}), self.teacher_dim,
+                                           fingerprint)
+        logger.info("teacher targets for %s cached in %s (%.0f%% filled)", split, cache.dir,
+                    100 * cache.filled_fraction())
+        self.teacher_caches[split] = cache
+        return CachedTargetsDataset(dataset, cache, split, max_samples, cfg.seed, convs)
 
     # -- teacher ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -166,6 +227,27 @@ class DistillationTask(AudioPretrainingTask):
             sample["net_input"]["features"] = features.float()
         wanted = {self.teacher_depth, *self.cfg.teacher_layers}
         return {i: layers[i - 1] for i in wanted}
+
+    def teacher_targets(self, sample) -> dict[int, torch.Tensor]:
+        """The targets of a batch: read from the teacher cache by the data loader, or computed (and
+        then cached). With a cache, frames past an utterance's own length are masked out of the loss."""
+        cache = self.teacher_caches.get(sample.get("split"))
+        if cache is None:
+            return self.teacher_outputs(sample)
+        sample["targets_from_cache"] = "cached_teacher" in sample
+        if sample["targets_from_cache"]:
+            targets = sample["cached_teacher"]
+            if self.cfg.speed.share_teacher_cnn:
+                source = sample["net_input"]["source"]
+                with torch.no_grad(), speed.autocast(source.device, self.cfg.speed.teacher_precision):
+                    sample["net_input"]["features"] = cnn_features(self.teacher.to(source.device), source).float()
+        else:  # rounded as the cache stores them, so a batch trains the same whether read or computed
+            targets = {k: v.to(torch.float16) for k, v in self.teacher_outputs(sample).items()}
+            cache.write(sample["id"], targets)
+        first = next(iter(targets.values()))
+        frame = torch.arange(first.size(1), device=first.device)
+        sample["target_padding_mask"] = frame[None, :] >= sample["target_frames"].to(first.device)[:, None]
+        return targets
 
     # -- growth -----------------------------------------------------------------------------
     def _grow_if_due(self, sample, model, criterion, optimizer, update_num: int) -> None:
@@ -197,13 +279,17 @@ class DistillationTask(AudioPretrainingTask):
 
     # -- fairseq hooks ----------------------------------------------------------------------
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        sample["teacher"] = self.teacher_outputs(sample)
+        sample["teacher"] = self.teacher_targets(sample)
         self._grow_if_due(sample, model, criterion, optimizer, update_num)
         with speed.autocast(sample["net_input"]["source"].device, self.cfg.speed.student_precision):
-            return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+            loss, sample_size, logging_output = super().train_step(sample, model, criterion, optimizer, update_num,
+                                                                   ignore_grad)
+        if "targets_from_cache" in sample:
+            logging_output["cached_targets"] = float(sample["targets_from_cache"])
+        return loss, sample_size, logging_output
 
     def valid_step(self, sample, model, criterion):
-        sample["teacher"] = self.teacher_outputs(sample)
+        sample["teacher"] = self.teacher_targets(sample)
         with speed.autocast(sample["net_input"]["source"].device, self.cfg.speed.student_precision):
             return super().valid_step(sample, model, criterion)
 

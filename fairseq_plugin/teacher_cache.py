@@ -1,0 +1,179 @@
+"""Teacher targets cached on disk (`task.speed.teacher_cache=DIR`): the teacher runs once per
+utterance instead of once per epoch and per student.
+
+Layout of `DIR/<split>-<fingerprint>/`, one per (teacher, manifest, cropping, precision), so the
+students of one teacher share it (stage 3 distils four from the same targets):
+
+    meta.json      what the targets were made from (teacher and manifest sha256, crops, ...)
+    index.npy      int64 [N + 1]: utterance i's frames are rows index[i]:index[i + 1]
+    layer<k>.npy   float16 [frames, dim] for each cached teacher layer k, memory-mapped
+    filled.npy     uint8 [N]: 1 once utterance i's rows are written
+
+It fills as batches come by: a batch whose utterances are all filled is read from disk (in the
+data loader's workers); otherwise the teacher runs and its outputs are written, rows first and
+flags after, so a run killed in between recomputes those utterances and never reads half rows.
+Space is reserved (fallocate) when the cache is made, so a full disk is an error then, not a
+crash half-way through training.
+
+What it changes, and why it is off by default:
+- crops are fixed per utterance (seeded by `common.seed` and the utterance), not drawn per
+  epoch: a cached target must belong to the same audio every time;
+- targets are stored in fp16 (relative error ~1e-3);
+- the loss covers the frames an utterance has on its own (the CNN's length formula); the
+  boundary frame whose CNN window reaches into the batch's padding is left out;
+- a target is the teacher's output in the batch its utterance was first seen in: with HuBERT
+  Base's group-norm CNN, padding in that batch shifts it slightly (as it does uncached).
+
+Disk cost: frames per hour x dim x 2 bytes x cached layers. HuBERT Base, layers 4/8/12, 50
+frames/s: 180,000 x 768 x 2 x 3 = 0.83 GB per hour of audio (0.80 TB for LibriSpeech 960 h).
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fairseq_plugin.atomic_io import atomic_dir
+
+FORMAT_VERSION = 1
+
+
+class TeacherCacheError(ValueError):
+    pass
+
+
+def conv_shapes(model: torch.nn.Module) -> list[tuple[int, int]]:
+    """(kernel, stride) of each layer of a fairseq wav2vec 2.0 / HuBERT CNN front end."""
+    return [(block[0].kernel_size[0], block[0].stride[0]) for block in model.feature_extractor.conv_layers]
+
+
+def num_frames(num_samples, convs: list[tuple[int, int]]):
+    """Frames the CNN makes of `num_samples` samples (an int or an integer array)."""
+    n = num_samples
+    for kernel, stride in convs:
+        n = (n - kernel) // stride + 1
+    return n
+
+
+def file_sha256(path: str | Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def fixed_crop(source: torch.Tensor, max_samples: int, seed: int, index: int) -> torch.Tensor:
+    """The same window of an utterance every epoch: a crop seeded by (seed, utterance)."""
+    extra = source.numel() - max_samples
+    if extra <= 0:
+        return source
+    start = int(np.random.default_rng([seed, index]).integers(0, extra + 1))
+    return source[start:start + max_samples]
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+class TeacherCache:
+    """One split's cached targets. `frames[i]`: rows utterance i gets (its cropped length, in frames)."""
+
+    def __init__(self, root: str | Path, split: str, frames: np.ndarray, layers: list[int], dim: int,
+                 fingerprint: dict):
+        meta = {"format": FORMAT_VERSION, "split": split, "layers": sorted(layers), "dim": dim, **fingerprint}
+        digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
+        self.dir = Path(root) / f"{split}-{digest}"
+        self.layers = sorted(layers)
+        self.dim = dim
+        frames = np.asarray(frames, dtype=np.int64)
+        if frames.size and frames.min() < 1:
+            raise TeacherCacheError(f"teacher cache {self.dir}: utterance {int(frames.argmin())} is shorter than one "
+                                    "frame; raise task.min_sample_size")
+        if not (self.dir / "meta.json").exists():
+            _create(self.dir, frames, self.layers, dim, meta)
+        self._open()
+        if not np.array_equal(np.diff(self.index), frames):
+            raise TeacherCacheError(f"teacher cache {self.dir}: its index does not match the manifest's utterance "
+                                    "lengths (edited in place?); delete the directory to rebuild it")
+
+    def _open(self) -> None:
+        self.index = np.load(self.dir / "index.npy")
+        self.filled = np.load(self.dir / "filled.npy", mmap_mode="r+")
+        self.rows = {k: np.load(self.dir / f"layer{k}.npy", mmap_mode="r+") for k in self.layers}
+
+    # Data loader workers reopen the files instead of receiving copies of the arrays.
+    def __getstate__(self) -> dict:
+        return {"dir": self.dir, "layers": self.layers, "dim": self.dim}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._open()
+
+    def frames(self, ids: torch.Tensor) -> torch.Tensor:
+        ids = ids.numpy()
+        return torch.from_numpy(self.index[ids + 1] - self.index[ids])
+
+    def has(self, ids: torch.Tensor) -> bool:
+        return bool(self.filled[ids.numpy()].all())
+
+    def read(self, ids: torch.Tensor, num_frames: int) -> dict[int, torch.Tensor]:
+        """Targets of a batch, B x num_frames x dim fp16, zero past each utterance's own frames."""
+        out = {}
+        for k, rows in self.rows.items():
+            batch = torch.zeros(len(ids), num_frames, self.dim, dtype=torch.float16)
+            for b, i in enumerate(ids.tolist()):
+                start, end = self.index[i], self.index[i + 1]
+                batch[b, :end - start] = torch.from_numpy(rows[start:end])
+            out[k] = batch
+        return out
+
+    def write(self, ids: torch.Tensor, outputs: dict[int, torch.Tensor]) -> None:
+        """Store a batch's teacher outputs (B x T x dim, T at least each utterance's frames)."""
+        new = [(b, i) for b, i in enumerate(ids.cpu().tolist()) if not self.filled[i]]  # first seen wins
+        if not new:
+            return
+        for k in self.layers:
+            values = outputs[k].detach().to("cpu", torch.float16).numpy()
+            for b, i in new:
+                start, end = self.index[i], self.index[i + 1]
+                self.rows[k][start:end] = values[b, :end - start]
+        for rows in self.rows.values():
+            rows.flush()  # rows reach the file before the flags that vouch for them
+        self.filled[[i for _, i in new]] = 1
+
+    def filled_fraction(self) -> float:
+        return float(self.filled.mean()) if self.filled.size else 1.0
+
+
+def _create(directory: Path, frames: np.ndarray, layers: list[int], dim: int, meta: dict) -> None:
+    """Make the cache files, reserved on disk, under a lock (data-parallel ranks make it once)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / f".{directory.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (directory / "meta.json").exists():
+            return
+        total = int(frames.sum())
+        need = total * dim * 2 * len(layers)
+        free = shutil.disk_usage(directory.parent).free
+        if need > free:
+            raise TeacherCacheError(
+                f"teacher cache {directory}: needs {_gb(need)} ({total} frames x {dim} x {len(layers)} layers, fp16), "
+                f"{_gb(free)} free; free space or point task.speed.teacher_cache at another disk")
+        with atomic_dir(directory) as tmp:
+            np.save(tmp / "index.npy", np.concatenate([[0], np.cumsum(frames)]).astype(np.int64))
+            np.lib.format.open_memmap(tmp / "filled.npy", mode="w+", dtype=np.uint8, shape=(len(frames),)).flush()
+            for k in layers:
+                rows = np.lib.format.open_memmap(tmp / f"layer{k}.npy", mode="w+", dtype=np.float16,
+                                                 shape=(total, dim))
+                header = rows.offset
+                del rows
+                with open(tmp / f"layer{k}.npy", "r+b") as f:
+                    try:
+                        os.posix_fallocate(f.fileno(), header, max(1, need // len(layers)))
+                    except OSError as e:
+                        raise TeacherCacheError(f"teacher cache {directory}: cannot reserve {_gb(need)}: {e}") from e
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,131 @@
+"""Teacher targets cached on disk (`task.speed.teacher_cache`): what is stored is the teacher's
+output, a cached batch skips the teacher, crops are fixed, students of one teacher share the
+cache, and a killed run resumes to the weights of an uninterrupted one."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from fairseq.dataclass.configs import FairseqConfig
+from omegaconf import OmegaConf
+
+from fairseq_plugin import teacher_cache
+from fairseq_plugin.speed import SpeedConfig
+from fairseq_plugin.tasks.distillation import DistillationConfig, DistillationTask
+from tests.conftest import distill
+from tests.test_distillation import RESUME
+
+MAX_SAMPLES = 24000  # 1.5 s: shorter than most test utterances, so crops happen
+
+
+def make_task(tiny_corpus, tiny_teacher, cache_dir, **speed) -> DistillationTask:
+    cfg = OmegaConf.structured(FairseqConfig)  # the root the task's ${common.seed} etc. refer to
+    cfg.task = DistillationConfig(
+        data=str(tiny_corpus / "data/manifests"), teacher_checkpoint=str(tiny_teacher), teacher_layers=[1, 2],
+        normalize=False, max_sample_size=MAX_SAMPLES, min_sample_size=4000,
+        speed=SpeedConfig(teacher_cache=str(cache_dir), **speed))
+    task = DistillationTask(cfg.task)
+    task.load_dataset("train")
+    return task
+
+
+def batch(task, ids):
+    dataset = task.datasets["train"]
+    return dataset.collater([dataset[i] for i in ids])
+
+
+def test_cache_stores_the_teachers_targets_and_serves_them_without_the_teacher(tiny_corpus, tiny_teacher, tmp_path):
+    task = make_task(tiny_corpus, tiny_teacher, tmp_path / "cache")
+    cache = task.teacher_caches["train"]
+    assert cache.filled_fraction() == 0.0
+
+    first = batch(task, [0, 1, 2])
+    assert "cached_teacher" not in first
+    computed = {k: v.clone() for k, v in task.teacher_targets(first).items()}
+    assert set(computed) == {1, 2}
+    frames = first["target_frames"]
+    mask = first["target_padding_mask"]
+    assert torch.equal((~mask).sum(1), frames)  # each utterance's own frames, no more
+    assert first["net_input"]["source"].size(1) <= MAX_SAMPLES
+
+    def no_teacher(sample):
+        raise AssertionError("the teacher ran for a cached batch")
+
+    task.teacher_outputs = no_teacher
+    again = batch(task, [0, 1, 2])
+    assert torch.equal(again["net_input"]["source"], first["net_input"]["source"])  # fixed crops
+    served = task.teacher_targets(again)
+    assert again["targets_from_cache"]
+    for k, target in served.items():
+        assert target.dtype == torch.float16
+        for b, n in enumerate(frames.tolist()):
+            assert torch.equal(target[b, :n], computed[k][b, :n])  # computed ones are rounded to fp16 too
+            assert not target[b, n:].any()
+
+    # Another process (a second student, or a resumed run) opens the same files, filled.
+    reopened = make_task(tiny_corpus, tiny_teacher, tmp_path / "cache").teacher_caches["train"]
+    assert reopened.dir == cache.dir and reopened.has(torch.tensor([0, 1, 2]))
+    assert not reopened.has(torch.tensor([0, 3]))
+    # Another teacher precision is another set of targets.
+    bf16 = make_task(tiny_corpus, tiny_teacher, tmp_path / "cache", teacher_precision="bf16").teacher_caches["train"]
+    assert bf16.dir != cache.dir and bf16.filled_fraction() == 0.0
+    meta = json.loads((cache.dir / "meta.json").read_text())
+    assert meta["layers"] == [1, 2] and meta["max_sample_size"] == MAX_SAMPLES
+
+
+def test_an_utterance_keeps_the_targets_of_the_batch_it_was_first_seen_in(tiny_corpus, tiny_teacher, tmp_path):
+    task = make_task(tiny_corpus, tiny_teacher, tmp_path / "cache")
+    cache = task.teacher_caches["train"]
+    task.teacher_targets(batch(task, [2]))
+    start, end = cache.index[2], cache.index[3]
+    alone = np.array(cache.rows[2][start:end])
+    task.teacher_targets(batch(task, [2, 3]))  # 2 is padded differently here; only 3 is new
+    assert np.array_equal(cache.rows[2][start:end], alone)
+    assert cache.has(torch.tensor([2, 3]))
+
+
+def test_cache_refuses_a_disk_too_small_and_leaves_nothing(tiny_corpus, tiny_teacher, tmp_path, monkeypatch):
+    monkeypatch.setattr(teacher_cache.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 1000})())
+    with pytest.raises(teacher_cache.TeacherCacheError, match=r"needs .* GB .* free; free space or point"):
+        make_task(tiny_corpus, tiny_teacher, tmp_path / "cache")
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_cache_needs_padded_batches(tiny_corpus, tiny_teacher, tmp_path):
+    proc = distill(tiny_corpus, tiny_teacher, tmp_path, "optimization.max_update=1", "task.growth.operator=none",
+                   f"task.speed.teacher_cache={tmp_path / 'cache'}", "+task.enable_padding=false", check=False)
+    assert proc.returncode != 0 and "teacher_cache needs task.enable_padding=true" in proc.stdout + proc.stderr
+
+
+def epoch_cache_shares(log: str) -> list[float]:
+    return [float(x) for x in re.findall(r"epoch \d+ \| .*?cached_targets ([\d.]+)", log)]
+
+
+def test_students_of_one_teacher_share_the_cache(tiny_corpus, tiny_teacher, tmp_path):
+    cache = f"task.speed.teacher_cache={tmp_path / 'cache'}"
+    first = distill(tiny_corpus, tiny_teacher, tmp_path / "interleaved", "optimization.max_update=40",
+                    "optimization.max_epoch=2", "model.encoder_layers=6", cache)
+    shares = epoch_cache_shares(first.stdout + first.stderr)
+    assert len(shares) == 2 and shares[0] == 0.0 and shares[1] == 1.0  # epoch 2 reads every batch from disk
+    second = distill(tiny_corpus, tiny_teacher, tmp_path / "none", "optimization.max_update=40",
+                     "optimization.max_epoch=1", "model.encoder_layers=6", "task.growth.operator=none", cache)
+    assert epoch_cache_shares(second.stdout + second.stderr) == [1.0]
+    assert len([d for d in (tmp_path / "cache").iterdir() if d.is_dir()]) == 2  # train and dev
+
+
+def test_a_run_reading_the_cache_trains_like_the_run_that_filled_it(tiny_corpus, tiny_teacher, tmp_path):
+    # The second run reads every batch the first computed, and is stopped at update 3 (before the
+    # growth at 3) and resumed: what a run killed after filling the cache does.
+    cache = f"task.speed.teacher_cache={tmp_path / 'cache'}"
+    distill(tiny_corpus, tiny_teacher, tmp_path / "filled", "optimization.max_update=6", *RESUME, cache)
+    distill(tiny_corpus, tiny_teacher, tmp_path / "read", "optimization.max_update=3", *RESUME, cache)
+    proc = distill(tiny_corpus, tiny_teacher, tmp_path / "read", "optimization.max_update=6", *RESUME, cache)
+    assert "cached_targets=1" in proc.stdout + proc.stderr and "cached_targets=0" not in proc.stdout + proc.stderr
+    a = torch.load(tmp_path / "filled/checkpoints/checkpoint_last.pt", weights_only=False)
+    b = torch.load(tmp_path / "read/checkpoints/checkpoint_last.pt", weights_only=False)
+    assert a["optimizer_history"][-1]["num_updates"] == b["optimizer_history"][-1]["num_updates"] == 6
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6, msg=key)
