@@ -11,16 +11,20 @@ Measured in one run, on the device it runs on, with random weights (cost does no
    PyTorch step of the same teacher, student, loss and batch. Reported: ms per step, audio-hours
    per hour, achieved TFLOP/s (counted by torch's FlopCounterMode, forward + backward), peak
    GPU memory, and the ratio to the eager baseline.
+   With the teacher cache (`task.speed.teacher_cache`), the batch goes through the plugin's
+   own data path (manifest, collater, memory-mapped targets), read from disk each step.
 2. Interleaved stacking's wall-clock speed-up with an EQL schedule 3 -> 6 -> 9 -> 12 (equal
    updates and data per depth) against full depth: t(12) / mean(t(3), t(6), t(9), t(12)), with
    the levers off and on. The depth does not change what the teacher and the CNN cost, which
    is why cutting those fixed costs is what lets growth pay.
 
-Prints a table and writes a JSON report.
+Prints a table and writes a JSON report. `--profile` adds torch.profiler's top operators for the
+eager baseline and for the plugin with every lever on.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -28,11 +32,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import soundfile
 import torch
 import torch.nn.functional as F
+from fairseq import utils
+from fairseq.dataclass.configs import FairseqConfig
 from fairseq.models.hubert.hubert import HubertConfig
 from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
 from omegaconf import OmegaConf
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from fairseq_plugin import growth
@@ -67,6 +75,7 @@ SIZES = {
     "small": Size((6, 256, 1024, 4), (12, 128, 512, 4), HUBERT_CNN, 2, 4.0),
     "tiny": Size((3, 64, 128, 2), (12, 32, 64, 2), TINY_CNN, 2, 1.0),
 }
+CACHE = "<bench dir>/cache"  # the variants with a teacher cache get one in the benchmark's temporary dir
 LEVERS_ON = SpeedConfig(teacher_precision="bf16", student_precision="bf16", pos_conv_fp32=True, share_teacher_cnn=True)
 LEVERS_OFF = SpeedConfig(teacher_precision="fp32", student_precision="fp32", pos_conv_fp32=False, share_teacher_cnn=False)
 # Step variants of the plugin, each lever alone and all together (name -> switches, description).
@@ -78,7 +87,14 @@ VARIANTS = {
                     "plugin, bf16 autocast, pos conv in fp32"),
     "plugin_shared_cnn": (SpeedConfig(pos_conv_fp32=True, share_teacher_cnn=True), "plugin, fp32, shared CNN"),
     "plugin": (LEVERS_ON, "plugin, levers on (bf16, fp32 pos conv, shared CNN)"),
+    "plugin_teacher_cache": (SpeedConfig(pos_conv_fp32=True, teacher_cache=CACHE), "plugin, fp32, teacher targets from disk"),
+    "plugin_all_cached": (dataclasses.replace(LEVERS_ON, teacher_cache=CACHE),
+                          "plugin, levers on + teacher targets from disk"),
 }
+
+
+# Stacking is timed with the fixed-cost levers off, on, and on with the teacher's targets from disk.
+STACKING = {"levers_off": LEVERS_OFF, "levers_on": LEVERS_ON, "levers_on_cached": VARIANTS["plugin_all_cached"][0]}
 
 
 def teacher_layers(depth: int) -> list[int]:
@@ -94,13 +110,18 @@ def write_teacher(size: Size, path: Path) -> None:
     atomic_save(lambda tmp: torch.save(state, tmp), path)
 
 
-def build(size: Size, teacher_ckpt: Path, levers: SpeedConfig, device: torch.device):
+def build(size: Size, data: Path, levers: SpeedConfig, device: torch.device):
     """The plugin's own task, student, criterion and optimizer, as fairseq-hydra-train builds them."""
     layers, dim, ffn, heads = size.student
-    task = DistillationTask(DistillationConfig(
-        data=str(teacher_ckpt.parent), teacher_checkpoint=str(teacher_ckpt),
-        teacher_layers=teacher_layers(size.teacher[0]), speed=levers,
-        growth=GrowthConfig(operator="none", total_updates=1)))
+    if levers.teacher_cache == CACHE:
+        levers = dataclasses.replace(levers, teacher_cache=str(data / "cache"))
+    cfg = OmegaConf.structured(FairseqConfig)  # the root the task config's ${common.seed} etc. refer to
+    samples = int(size.seconds * 16000)
+    cfg.task = DistillationConfig(
+        data=str(data), teacher_checkpoint=str(data / "teacher.pt"), teacher_layers=teacher_layers(size.teacher[0]),
+        speed=levers, max_sample_size=samples, min_sample_size=samples, growth=GrowthConfig(operator="none"))
+    cfg.optimization.max_update = 1
+    task = DistillationTask(cfg.task)
     torch.manual_seed(0)
     model_cfg = OmegaConf.structured(StudentConfig(
         encoder_layers=layers, encoder_embed_dim=dim, encoder_ffn_embed_dim=ffn, encoder_attention_heads=heads,
@@ -113,6 +134,17 @@ def build(size: Size, teacher_ckpt: Path, levers: SpeedConfig, device: torch.dev
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = FairseqAdam(FairseqAdamConfig(lr=[5e-4], weight_decay=1e-4, adam_betas="(0.9,0.98)"), params)
     return task, model, criterion, optimizer
+
+
+def write_manifest(size: Size, data: Path) -> None:
+    """The benchmark batch as audio files and a fairseq manifest, for the data path with a cache."""
+    gen = torch.Generator().manual_seed(0)
+    lines = [str(data)]
+    for i in range(size.batch):
+        audio = torch.randn(int(size.seconds * 16000), generator=gen).clamp(-3, 3) / 3
+        soundfile.write(data / f"{i}.wav", audio.numpy(), 16000)
+        lines.append(f"{i}.wav\t{audio.numel()}")
+    (data / "train.tsv").write_text("\n".join(lines) + "\n")
 
 
 def make_batch(size: Size, device: torch.device) -> dict:
@@ -132,6 +164,24 @@ def plugin_step(task, model, criterion, optimizer, batch, update: int = 0) -> No
     task.train_step(sample, model, criterion, optimizer, update)
     optimizer.step()
     optimizer.zero_grad()
+
+
+def step_function(task, model, criterion, optimizer, batch, device: torch.device):
+    """One training step; with a teacher cache, the batch is collated (targets read from disk) each time."""
+    if not task.cfg.speed.teacher_cache:
+        return lambda: plugin_step(task, model, criterion, optimizer, batch)
+    task.load_dataset("train")
+    dataset = task.datasets["train"]
+    items = [dataset[i] for i in range(len(dataset))]
+
+    def step():
+        sample = utils.move_to_cuda(dataset.collater(items), device) if device.type == "cuda" else dataset.collater(items)
+        task.train_step(sample, model, criterion, optimizer, 0)
+        optimizer.step()
+        optimizer.zero_grad()
+
+    step()  # fills the cache; the timed steps read it
+    return step
 
 
 def eager_step(task, model, optimizer: torch.optim.Optimizer, batch) -> None:
@@ -182,27 +232,51 @@ def measure(step, size: Size, device: torch.device, steps: int, warmup: int) -> 
             "peak_gpu_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
 
 
-def run(size: Size, device: torch.device, steps: int, warmup: int, depths: list[int]) -> dict:
+def top_operators(step, device: torch.device, steps: int = 3, top: int = 12) -> list[dict]:
+    """torch.profiler's operators with the most self time per step (device time on a GPU)."""
+    step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key) > 0]
+    total = sum(getattr(e, key) for e in events)
+    events.sort(key=lambda e: getattr(e, key), reverse=True)
+    return [{"op": e.key, "ms_per_step": getattr(e, key) / steps / 1000, "share": getattr(e, key) / total}
+            for e in events[:top]]
+
+
+def run(size: Size, device: torch.device, steps: int, warmup: int, depths: list[int], profile_ops: bool = False) -> dict:
     batch = make_batch(size, device)
     report: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
                     else f"cpu ({torch.get_num_threads()} threads)",
                     "size": size.describe(), "torch": torch.__version__, "step": {}, "stacking": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        teacher_ckpt = Path(tmp) / "teacher.pt"
-        write_teacher(size, teacher_ckpt)
-        task, model, _, _ = build(size, teacher_ckpt, LEVERS_OFF, device)
+        data = Path(tmp)
+        write_teacher(size, data / "teacher.pt")
+        write_manifest(size, data)
+        task, model, _, _ = build(size, data, LEVERS_OFF, device)
         adamw = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
-        report["step"]["baseline"] = measure(lambda: eager_step(task, model, adamw, batch), size, device, steps, warmup)
+        baseline = lambda: eager_step(task, model, adamw, batch)  # noqa: E731
+        report["step"]["baseline"] = measure(baseline, size, device, steps, warmup)
+        if profile_ops:
+            report["profile"] = {"baseline": top_operators(baseline, device)}
         for name, (levers, _) in VARIANTS.items():
-            task, model, criterion, optimizer = build(size, teacher_ckpt, levers, device)
-            report["step"][name] = measure(
-                lambda: plugin_step(task, model, criterion, optimizer, batch), size, device, steps, warmup)
-        for name, levers in (("levers_off", LEVERS_OFF), ("levers_on", LEVERS_ON)):
-            task, model, criterion, optimizer = build(size, teacher_ckpt, levers, device)
+            step = step_function(*build(size, data, levers, device), batch, device)
+            report["step"][name] = measure(step, size, device, steps, warmup)
+            if profile_ops and name == "plugin":
+                report["profile"]["plugin"] = top_operators(step, device)
+        cache = next((data / "cache").glob("train-*"))  # one of the cached variants' targets
+        cache_bytes = sum(f.stat().st_size for f in cache.glob("layer*.npy"))
+        report["teacher_cache_gb_per_audio_hour"] = cache_bytes / 1e9 / (size.batch * size.seconds / 3600)
+        for name, levers in STACKING.items():
+            task, model, criterion, optimizer = build(size, data, levers, device)
             per_depth = {}
             for depth in depths:
                 set_depth(task, model, depth)
-                per_depth[depth] = time_step(lambda: plugin_step(task, model, criterion, optimizer, batch),
+                per_depth[depth] = time_step(step_function(task, model, criterion, optimizer, batch, device),
                                              device, steps, warmup)
             full = per_depth[max(depths)]
             report["stacking"][name] = {"ms_per_step_at_depth": {d: 1000 * t for d, t in per_depth.items()},
@@ -228,6 +302,11 @@ def table(report: dict, depths: list[int]) -> str:
         ms = row["ms_per_step_at_depth"]
         lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(f"{ms[d]:.1f}" for d in depths)
                      + f" | {row['speedup']:.2f}x |")
+    lines += ["", f"teacher cache on disk: {report['teacher_cache_gb_per_audio_hour']:.3f} GB per hour of audio "
+              "(fp16, the layers the loss uses)"]
+    for name, ops in report.get("profile", {}).items():
+        lines += ["", f"| top operators, {names[name]} | ms/step | share |", "|---|---|---|"]
+        lines += [f"| {op['op']} | {op['ms_per_step']:.2f} | {100 * op['share']:.1f} % |" for op in ops]
     return "\n".join(lines) + "\n"
 
 
@@ -238,6 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement (median)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("exp/bench/bench.json"))
+    parser.add_argument("--profile", action="store_true", help="add torch.profiler's top operators")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -245,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cudnn.allow_tf32 = True
     size = SIZES[args.size or ("base" if device.type == "cuda" else "small")]
     depths = list(range(3, size.student[0] + 1, 3))
-    report = run(size, device, args.steps, args.warmup, depths)
+    report = run(size, device, args.steps, args.warmup, depths, args.profile)
     atomic_write_text(args.out, json.dumps(report, indent=2))
     print(table(report, depths), end="")
     print(f"wrote {args.out}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from omegaconf import OmegaConf
 from fairseq_plugin import teacher_cache
 from fairseq_plugin.speed import SpeedConfig
 from fairseq_plugin.tasks.distillation import DistillationConfig, DistillationTask
-from tests.conftest import distill
+from tests.conftest import distill, distill_cmd, run
 from tests.test_distillation import RESUME
 
 MAX_SAMPLES = 24000  # 1.5 s: shorter than most test utterances, so crops happen
@@ -129,3 +130,17 @@ def test_a_run_reading_the_cache_trains_like_the_run_that_filled_it(tiny_corpus,
     assert a["optimizer_history"][-1]["num_updates"] == b["optimizer_history"][-1]["num_updates"] == 6
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_a_filled_cache_serves_a_run_from_its_first_batch(tiny_corpus, tiny_teacher, tmp_path):
+    cache = f"task.speed.teacher_cache={tmp_path / 'cache'}"
+    cmd = distill_cmd(tiny_corpus, tiny_teacher, tmp_path / "fill", cache)
+    proc = run([sys.executable, "-m", "fairseq_plugin.fill_teacher_cache", *cmd[1:]])
+    log = proc.stdout + proc.stderr
+    assert re.search(r"train: teacher run on \d+ utterances; 100% cached", log)
+    assert re.search(r"dev: teacher run on \d+ utterances; 100% cached", log)
+    again = run([sys.executable, "-m", "fairseq_plugin.fill_teacher_cache", *cmd[1:]])
+    assert "train: teacher run on 0 utterances; 100% cached" in again.stdout + again.stderr
+    trained = distill(tiny_corpus, tiny_teacher, tmp_path / "run", "optimization.max_update=40",
+                      "optimization.max_epoch=1", "model.encoder_layers=6", cache)
+    assert epoch_cache_shares(trained.stdout + trained.stderr) == [1.0]
