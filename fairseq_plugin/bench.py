@@ -19,7 +19,9 @@ Measured in one run, on the device it runs on, with random weights (cost does no
    is why cutting those fixed costs is what lets growth pay.
 
 Prints a table and writes a JSON report. `--profile` adds torch.profiler's top operators for the
-eager baseline and for the plugin with every lever on.
+eager baseline and for the plugin with every lever on; `--modules` times each conv, norm,
+projection and attention of the teacher in fp32 and under bf16 autocast; `--compile` adds a step with
+`task.speed.compile_layers` (torch.compile of every Transformer layer).
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ import torch.nn.functional as F
 from fairseq import utils
 from fairseq.dataclass.configs import FairseqConfig
 from fairseq.models.hubert.hubert import HubertConfig
+from fairseq.modules import MultiheadAttention
 from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
 from omegaconf import OmegaConf
 from torch.profiler import ProfilerActivity, profile
@@ -50,7 +53,7 @@ from fairseq_plugin.criterions.layer_distillation import (LayerDistillationConfi
 from fairseq_plugin.encoder_outputs import layer_outputs
 from fairseq_plugin.export import hubert_checkpoint
 from fairseq_plugin.models.student import HUBERT_CNN, StudentConfig
-from fairseq_plugin.speed import SpeedConfig
+from fairseq_plugin.speed import SpeedConfig, autocast
 from fairseq_plugin.tasks.distillation import DistillationConfig, DistillationTask, GrowthConfig
 
 TINY_CNN = "[(64,10,5)] + [(64,3,2)] * 4 + [(64,2,2)] * 2"
@@ -93,6 +96,8 @@ VARIANTS = {
 }
 
 
+COMPILED = ("plugin_compiled", dataclasses.replace(LEVERS_ON, compile_layers=True),
+            "plugin, levers on + torch.compile of every Transformer layer")  # with --compile
 # Stacking is timed with the fixed-cost levers off, on, and on with the teacher's targets from disk.
 STACKING = {"levers_off": LEVERS_OFF, "levers_on": LEVERS_ON, "levers_on_cached": VARIANTS["plugin_all_cached"][0]}
 
@@ -248,7 +253,52 @@ def top_operators(step, device: torch.device, steps: int = 3, top: int = 12) -> 
             for e in events[:top]]
 
 
-def run(size: Size, device: torch.device, steps: int, warmup: int, depths: list[int], profile_ops: bool = False) -> dict:
+def _timed_module(name: str, module: torch.nn.Module) -> bool:
+    """Convs, norms, projections and attention of the front end and of the first Transformer layer
+    (the others repeat it), plus the positional conv as a whole."""
+    if name == "encoder.pos_conv":
+        return True
+    if name.startswith("encoder.layers.") and not name.startswith("encoder.layers.0."):
+        return False
+    if name.startswith("encoder.pos_conv."):
+        return False
+    return isinstance(module, (torch.nn.Conv1d, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.Linear,
+                               MultiheadAttention))
+
+
+def module_times(model: torch.nn.Module, source: torch.Tensor, depth: int, device: torch.device,
+                 steps: int) -> list[dict]:
+    """Forward time of each of the teacher's convs, norms, projections and attention, in fp32 and
+    under bf16 autocast, each on the input it gets in a real forward of that precision."""
+    picked = {name: m for name, m in model.named_modules() if _timed_module(name, m)}
+    rows = {name: {"module": name, "type": type(m).__name__} for name, m in picked.items()}
+    for precision in ("fp32", "bf16"):
+        inputs: dict[str, tuple] = {}
+
+        def keep_input(name):
+            def hook(module, args, kwargs, output) -> None:  # returns None: the output stays as it is
+                inputs.setdefault(name, (args, kwargs))
+            return hook
+
+        hooks = [m.register_forward_hook(keep_input(name), with_kwargs=True) for name, m in picked.items()]
+        with torch.no_grad(), autocast(device, precision):
+            layer_outputs(model, source, None, depth)
+        for hook in hooks:
+            hook.remove()
+        for name in set(picked) - set(inputs):  # not called on its own (attention uses k/q/v weights directly)
+            del picked[name], rows[name]
+        for name, m in picked.items():
+            def call(m=m, args=inputs[name][0], kwargs=inputs[name][1]):
+                with torch.no_grad(), autocast(device, precision):
+                    m(*args, **kwargs)
+            rows[name][f"{precision}_ms"] = 1000 * time_step(call, device, steps, 2)
+    for row in rows.values():
+        row["bf16_vs_fp32"] = row["bf16_ms"] / row["fp32_ms"]
+    return list(rows.values())
+
+
+def run(size: Size, device: torch.device, steps: int, warmup: int, depths: list[int], profile_ops: bool = False,
+        with_compile: bool = False, modules: bool = False) -> dict:
     batch = make_batch(size, device)
     report: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
                     else f"cpu ({torch.get_num_threads()} threads)",
@@ -263,7 +313,11 @@ def run(size: Size, device: torch.device, steps: int, warmup: int, depths: list[
         report["step"]["baseline"] = measure(baseline, size, device, steps, warmup)
         if profile_ops:
             report["profile"] = {"baseline": top_operators(baseline, device)}
-        for name, (levers, _) in VARIANTS.items():
+        if modules:
+            report["teacher_modules"] = module_times(task.teacher, batch["net_input"]["source"], task.teacher_depth,
+                                                     device, steps)
+        variants = {**VARIANTS, **({COMPILED[0]: COMPILED[1:]} if with_compile else {})}
+        for name, (levers, _) in variants.items():
             step = step_function(*build(size, data, levers, device), batch, device)
             report["step"][name] = measure(step, size, device, steps, warmup)
             if profile_ops and name == "plugin":
@@ -290,7 +344,8 @@ def run(size: Size, device: torch.device, steps: int, warmup: int, depths: list[
 def table(report: dict, depths: list[int]) -> str:
     lines = [f"device: {report['device']}; {report['size']}; torch {report['torch']}", "",
              "| step | ms/step | audio-h per h | TFLOP/s | peak GPU GiB | x baseline |", "|---|---|---|---|---|---|"]
-    names = {"baseline": "eager PyTorch, fp32 (baseline)", **{k: v[1] for k, v in VARIANTS.items()}}
+    names = {"baseline": "eager PyTorch, fp32 (baseline)", **{k: v[1] for k, v in VARIANTS.items()},
+             COMPILED[0]: COMPILED[2]}
     for key, row in report["step"].items():
         mem = f"{row['peak_gpu_mem_gib']:.2f}" if row["peak_gpu_mem_gib"] is not None else "-"
         lines.append(f"| {names[key]} | {row['ms_per_step']:.1f} | {row['audio_hours_per_hour']:.0f} | "
@@ -304,6 +359,10 @@ def table(report: dict, depths: list[int]) -> str:
                      + f" | {row['speedup']:.2f}x |")
     lines += ["", f"teacher cache on disk: {report['teacher_cache_gb_per_audio_hour']:.3f} GB per hour of audio "
               "(fp16, the layers the loss uses)"]
+    if "teacher_modules" in report:
+        lines += ["", "| teacher module (forward) | type | fp32 ms | bf16 autocast ms | bf16 / fp32 |", "|---|---|---|---|---|"]
+        lines += [f"| {r['module']} | {r['type']} | {r['fp32_ms']:.2f} | {r['bf16_ms']:.2f} | {r['bf16_vs_fp32']:.2f} |"
+                  for r in report["teacher_modules"]]
     for name, ops in report.get("profile", {}).items():
         lines += ["", f"| top operators, {names[name]} | ms/step | share |", "|---|---|---|"]
         lines += [f"| {op['op']} | {op['ms_per_step']:.2f} | {100 * op['share']:.1f} % |" for op in ops]
@@ -318,6 +377,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("exp/bench/bench.json"))
     parser.add_argument("--profile", action="store_true", help="add torch.profiler's top operators")
+    parser.add_argument("--compile", action="store_true", help="add a step with torch.compile (compiling takes a while)")
+    parser.add_argument("--modules", action="store_true",
+                        help="time each conv, norm, projection and attention of the teacher in fp32 and bf16")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -325,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cudnn.allow_tf32 = True
     size = SIZES[args.size or ("base" if device.type == "cuda" else "small")]
     depths = list(range(3, size.student[0] + 1, 3))
-    report = run(size, device, args.steps, args.warmup, depths, args.profile)
+    report = run(size, device, args.steps, args.warmup, depths, args.profile, args.compile, args.modules)
     atomic_write_text(args.out, json.dumps(report, indent=2))
     print(table(report, depths), end="")
     print(f"wrote {args.out}")

@@ -10,6 +10,10 @@
 - `share_teacher_cnn`: the student's CNN front end is the teacher's, copied at start and frozen,
   and the CNN runs once per batch for both. Needs identical CNN shapes. Off by default: it
   fixes the student's CNN (a different student, not a faster way to train the same one).
+- `compile_layers`: `torch.compile` each Transformer layer of the teacher and the student, in
+  place (`nn.Module.compile`: parameter names and checkpoints unchanged; growth copies weights
+  into pre-built layers, so nothing recompiles for it). Off by default: on a 2-core CPU it made
+  the step slower (`python -m fairseq_plugin.bench --compile` measures it where you run).
 - `teacher_cache`: a directory where the teacher's targets are kept on disk (memory-mapped
   fp16), so the teacher runs once per utterance, not once per epoch and per student. Off by
   default: crops become fixed per utterance and targets fp16 (`fairseq_plugin/teacher_cache.py`).
@@ -33,6 +37,8 @@ class SpeedConfig(FairseqDataclass):
     pos_conv_fp32: bool = field(default=True, metadata={"help": "keep the positional conv in fp32 under autocast"})
     share_teacher_cnn: bool = field(
         default=False, metadata={"help": "student uses the teacher's (frozen) CNN; the CNN runs once per batch"})
+    compile_layers: bool = field(
+        default=False, metadata={"help": "torch.compile each Transformer layer of teacher and student"})
     teacher_cache: str = field(
         default="", metadata={"help": "directory for the teacher's targets on disk (fp16, fixed crops); "
                                       "empty: run the teacher every step"})
@@ -64,3 +70,9 @@ def keep_pos_conv_fp32(model: torch.nn.Module) -> None:
     if not isinstance(pos_conv, torch.nn.Sequential):
         raise TypeError(f"expected fairseq's pos_conv Sequential, found {type(pos_conv).__name__}")
     pos_conv.forward = types.MethodType(_fp32_forward, pos_conv)
+
+
+def compile_layers(model: torch.nn.Module) -> None:
+    """`torch.compile` each of `model.encoder.layers` in place; its state dict keeps its names."""
+    for layer in model.encoder.layers:
+        layer.compile()

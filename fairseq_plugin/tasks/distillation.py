@@ -122,6 +122,8 @@ class DistillationTask(AudioPretrainingTask):
         self.teacher.requires_grad_(False)
         if cfg.speed.pos_conv_fp32:
             speed.keep_pos_conv_fp32(self.teacher)
+        if cfg.speed.compile_layers:
+            speed.compile_layers(self.teacher)
         info = describe(self.teacher, teacher_cfg)
         self.teacher_dim = info.dim
         self.teacher_depth = info.layers
@@ -175,6 +177,8 @@ class DistillationTask(AudioPretrainingTask):
                                  f"{cfg.conv_feature_layers!r}) to have the teacher's shapes ({self.cfg.teacher_checkpoint})")
             model.feature_extractor.requires_grad_(False)
             model.layer_norm.requires_grad_(False)
+        if self.cfg.speed.compile_layers:
+            speed.compile_layers(model)
         return model
 
     def load_dataset(self, split: str, task_cfg: FairseqDataclass = None, **kwargs):
