@@ -308,14 +308,17 @@ def run(size: Size, device: torch.device, steps: int, warmup: int, depths: list[
         write_teacher(size, data / "teacher.pt")
         write_manifest(size, data)
         task, model, _, _ = build(size, data, LEVERS_OFF, device)
+        for layer in [*task.teacher.encoder.layers, *model.encoder.layers]:
+            layer._forward_pre_hooks.clear()  # plain fairseq layers: without the plugin's contiguous inputs
         adamw = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
         baseline = lambda: eager_step(task, model, adamw, batch)  # noqa: E731
         report["step"]["baseline"] = measure(baseline, size, device, steps, warmup)
         if profile_ops:
             report["profile"] = {"baseline": top_operators(baseline, device)}
-        if modules:
-            report["teacher_modules"] = module_times(task.teacher, batch["net_input"]["source"], task.teacher_depth,
-                                                     device, steps)
+        if modules:  # the plugin's teacher, as a distillation run loads it
+            teacher = build(size, data, LEVERS_OFF, device)[0]
+            report["teacher_modules"] = module_times(teacher.teacher, batch["net_input"]["source"],
+                                                     teacher.teacher_depth, device, steps)
         variants = {**VARIANTS, **({COMPILED[0]: COMPILED[1:]} if with_compile else {})}
         for name, (levers, _) in variants.items():
             step = step_function(*build(size, data, levers, device), batch, device)

@@ -122,6 +122,7 @@ class DistillationTask(AudioPretrainingTask):
         self.teacher.requires_grad_(False)
         if cfg.speed.pos_conv_fp32:
             speed.keep_pos_conv_fp32(self.teacher)
+        speed.contiguous_layer_inputs(self.teacher)
         if cfg.speed.compile_layers:
             speed.compile_layers(self.teacher)
         info = describe(self.teacher, teacher_cfg)
@@ -177,6 +178,7 @@ class DistillationTask(AudioPretrainingTask):
                                  f"{cfg.conv_feature_layers!r}) to have the teacher's shapes ({self.cfg.teacher_checkpoint})")
             model.feature_extractor.requires_grad_(False)
             model.layer_norm.requires_grad_(False)
+        speed.contiguous_layer_inputs(model)
         if self.cfg.speed.compile_layers:
             speed.compile_layers(model)
         return model
