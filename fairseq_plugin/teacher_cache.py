@@ -2,7 +2,7 @@
 utterance instead of once per epoch and per student.
 
 Layout of `DIR/<split>-<fingerprint>/`, one per (teacher, manifest, cropping, precision), so the
-students of one teacher share it (stage 3 distils four from the same targets):
+students of one teacher share it (e.g. one run per growth operator, as stage 3 makes):
 
     meta.json      what the targets were made from (teacher and manifest sha256, crops, ...)
     index.npy      int64 [N + 1]: utterance i's frames are rows index[i]:index[i + 1]

@@ -151,6 +151,11 @@ class DistillationTask(AudioPretrainingTask):
         return 1 + len(self.cfg.teacher_layers)
 
     @property
+    def target_layers(self) -> list[int]:
+        """The teacher layers the loss reads (and a teacher cache stores): its last and `teacher_layers`."""
+        return sorted({self.teacher_depth, *self.cfg.teacher_layers})
+
+    @property
     def deepest_teacher_layer(self) -> int:
         return max([self.teacher_depth, *self.cfg.teacher_layers])
 
@@ -209,7 +214,7 @@ class DistillationTask(AudioPretrainingTask):
                        "max_sample_size": max_samples, "min_sample_size": cfg.min_sample_size, "seed": cfg.seed,
                        "normalize": bool(cfg.normalize), "teacher_precision": cfg.speed.teacher_precision}
         cache = teacher_cache.TeacherCache(cfg.speed.teacher_cache, split, frames,
-                                           sorted({self.teacher_depth, *cfg.teacher_layers}), self.teacher_dim,
+                                           self.target_layers, self.teacher_dim,
                                            fingerprint)
         logger.info("teacher targets for %s cached in %s (%.0f%% filled)", split, cache.dir,
                     100 * cache.filled_fraction())
@@ -231,8 +236,7 @@ class DistillationTask(AudioPretrainingTask):
                                       self.deepest_teacher_layer, features=features)
         if self.cfg.speed.share_teacher_cnn:
             sample["net_input"]["features"] = features.float()
-        wanted = {self.teacher_depth, *self.cfg.teacher_layers}
-        return {i: layers[i - 1] for i in wanted}
+        return {i: layers[i - 1] for i in self.target_layers}
 
     def teacher_targets(self, sample) -> dict[int, torch.Tensor]:
         """The targets of a batch: read from the teacher cache by the data loader, or computed (and
