@@ -46,7 +46,7 @@ from omegaconf import OmegaConf
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from fairseq_plugin import growth
+from fairseq_plugin import growth, speed
 from fairseq_plugin.atomic_io import atomic_save, atomic_write_text
 from fairseq_plugin.criterions.layer_distillation import (LayerDistillationConfig, LayerDistillationCriterion,
                                                           student_layer_for)
@@ -308,8 +308,8 @@ def run(size: Size, device: torch.device, steps: int, warmup: int, depths: list[
         write_teacher(size, data / "teacher.pt")
         write_manifest(size, data)
         task, model, _, _ = build(size, data, LEVERS_OFF, device)
-        for layer in [*task.teacher.encoder.layers, *model.encoder.layers]:
-            layer._forward_pre_hooks.clear()  # plain fairseq layers: without the plugin's contiguous inputs
+        speed.plain_layer_inputs(task.teacher)  # plain fairseq layers, as a user's own loop has them
+        speed.plain_layer_inputs(model)
         adamw = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
         baseline = lambda: eager_step(task, model, adamw, batch)  # noqa: E731
         report["step"]["baseline"] = measure(baseline, size, device, steps, warmup)

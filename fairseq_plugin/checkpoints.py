@@ -126,6 +126,17 @@ def read_full_depth_student(path: str | Path) -> dict:
     return state
 
 
+def _without_data2vec_ema(state: dict) -> dict:
+    """data2vec audio keeps an EMA copy of its encoder for its own pre-training (`_ema`), which
+    fairseq's loader rebuilds when it sets the update count: a deepcopy that fails on the
+    weight-normed positional conv under torch >= 2.1 ("Only Tensors created explicitly by the user
+    support the deepcopy protocol"). A teacher needs none of it: drop the copy and the update count."""
+    state["model"].pop("_ema", None)
+    for entry in state.get("optimizer_history") or []:
+        entry.pop("num_updates", None)
+    return state
+
+
 def load_speech_model(path: str | Path, arg_overrides: dict | None = None) -> tuple[torch.nn.Module, Any, Any]:
     """Check, then load with fairseq's own loader: returns (model in eval mode, cfg, task).
 
@@ -133,9 +144,15 @@ def load_speech_model(path: str | Path, arg_overrides: dict | None = None) -> tu
     """
     from fairseq import checkpoint_utils
 
-    check_speech_checkpoint(path)
+    model_name, _ = check_speech_checkpoint(path)
     with fairseq_pickles_allowed():
-        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(path)], arg_overrides=arg_overrides)
+        state = None
+        if model_name == "data2vec_audio":
+            # fairseq registers data2vec audio only from its examples package (its recipe's --user-dir)
+            import fairseq.examples.data2vec.models.data2vec_audio  # noqa: F401
+            state = _without_data2vec_ema(checkpoint_utils.load_checkpoint_to_cpu(str(path), arg_overrides))
+        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(path)], arg_overrides=arg_overrides,
+                                                                          state=state)
     model = models[0].eval()
     return model, cfg, task
 

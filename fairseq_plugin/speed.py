@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import types
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -87,7 +88,20 @@ def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple:
     return (args[0].contiguous(), *args[1:])
 
 
+# layer -> its hook's handle; kept off the module so state dicts and copies never see it
+_contiguous_hooks: "weakref.WeakKeyDictionary[torch.nn.Module, object]" = weakref.WeakKeyDictionary()
+
+
 def contiguous_layer_inputs(model: torch.nn.Module) -> None:
     """Make each Transformer layer's input contiguous before the layer runs (see the module doc)."""
     for layer in model.encoder.layers:
-        layer.register_forward_pre_hook(_contiguous_input)
+        if layer not in _contiguous_hooks:
+            _contiguous_hooks[layer] = layer.register_forward_pre_hook(_contiguous_input)
+
+
+def plain_layer_inputs(model: torch.nn.Module) -> None:
+    """Undo `contiguous_layer_inputs`: fairseq's layers as they come (the benchmark's baseline)."""
+    for layer in model.encoder.layers:
+        handle = _contiguous_hooks.pop(layer, None)
+        if handle is not None:
+            handle.remove()

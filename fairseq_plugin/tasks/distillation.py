@@ -12,6 +12,7 @@ never enters a checkpoint, the optimizer or DDP.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -222,17 +223,22 @@ class DistillationTask(AudioPretrainingTask):
         return CachedTargetsDataset(dataset, cache, split, max_samples, cfg.seed, convs)
 
     # -- teacher ----------------------------------------------------------------------------
-    @torch.no_grad()
+    @contextlib.contextmanager
+    def _frozen_teacher_on(self, source: torch.Tensor):
+        """The teacher on the batch's device, in eval mode, without grad, at its precision."""
+        if next(self.teacher.parameters()).device != source.device:
+            self.teacher.to(source.device)
+        self.teacher.eval()
+        with torch.no_grad(), speed.autocast(source.device, self.cfg.speed.teacher_precision):
+            yield self.teacher
+
     def teacher_outputs(self, sample) -> dict[int, torch.Tensor]:
         """Teacher layer outputs keyed by 1-based layer, for the layers the loss needs. With
         `speed.share_teacher_cnn`, also puts the CNN features into the student's input."""
         source = sample["net_input"]["source"]
-        if next(self.teacher.parameters()).device != source.device:
-            self.teacher.to(source.device)
-        self.teacher.eval()
-        with speed.autocast(source.device, self.cfg.speed.teacher_precision):
-            features = cnn_features(self.teacher, source)
-            layers, _ = layer_outputs(self.teacher, source, sample["net_input"].get("padding_mask"),
+        with self._frozen_teacher_on(source) as teacher:
+            features = cnn_features(teacher, source)
+            layers, _ = layer_outputs(teacher, source, sample["net_input"].get("padding_mask"),
                                       self.deepest_teacher_layer, features=features)
         if self.cfg.speed.share_teacher_cnn:
             sample["net_input"]["features"] = features.float()
@@ -249,8 +255,8 @@ class DistillationTask(AudioPretrainingTask):
             targets = sample["cached_teacher"]
             if self.cfg.speed.share_teacher_cnn:
                 source = sample["net_input"]["source"]
-                with torch.no_grad(), speed.autocast(source.device, self.cfg.speed.teacher_precision):
-                    sample["net_input"]["features"] = cnn_features(self.teacher.to(source.device), source).float()
+                with self._frozen_teacher_on(source) as teacher:
+                    sample["net_input"]["features"] = cnn_features(teacher, source).float()
         else:  # rounded as the cache stores them, so a batch trains the same whether read or computed
             targets = {k: v.to(torch.float16) for k, v in self.teacher_outputs(sample).items()}
             cache.write(sample["id"], targets)
