@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import json
+from collections import Counter
 
 import pytest
 import torch
 
 from fairseq_plugin.checkpoints import CheckpointError, describe, load_speech_model
-from local.teacher import install
+from local.teacher import evaluate, install
 
 
 def test_trained_checkpoint_loads_with_fairseq(tiny_teacher):
@@ -63,3 +65,21 @@ def test_truncated_checkpoint(tiny_teacher, tmp_path):
     with pytest.raises(SystemExit, match="bad.pt"):
         install.main([str(path), str(tmp_path / "teacher.pt")])
     assert not (tmp_path / "teacher.pt").exists()
+
+
+def test_teacher_accuracy_report_names_its_baselines(tiny_corpus, tiny_teacher, tmp_path):
+    """Stage 2c: fairseq's hubert criterion scores the teacher and a random-init twin on dev, beside
+    the guesses a model must beat (the label counts are re-derived here from the label file)."""
+    labels = tiny_teacher.parents[1] / "labels"
+    out = tmp_path / "accuracy.md"
+    evaluate.main(["--checkpoint", str(tiny_teacher), "--data", str(tiny_corpus / "data/manifests"),
+                   "--label-dir", str(labels), "--split", "dev", "--out", str(out)])
+    results = json.loads(out.with_suffix(".json").read_text())
+    frames = Counter((labels / "dev.km").read_text().split())
+    assert results["baselines"] == pytest.approx(
+        {"uniform_guess": 1 / 8, "most_frequent_cluster": max(frames.values()) / sum(frames.values())})
+    for name in ("teacher", "random init"):
+        assert results[name]["masked_frames"] > 0
+        assert 0.0 <= results[name]["masked_accuracy"] <= 1.0
+        assert f"| {name} | {results[name]['masked_accuracy']:.3f} |" in out.read_text()
+    assert "8 k-means clusters" in out.read_text()

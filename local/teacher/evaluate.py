@@ -43,6 +43,12 @@ def masked_accuracy(model, task, criterion, split: str, max_tokens: int, seed: i
     }
 
 
+def most_frequent_share(label_file: Path) -> float:
+    """Accuracy of always guessing the commonest cluster: the baseline a model must beat."""
+    counts = np.bincount(np.array(label_file.read_text().split(), dtype=np.int64))
+    return float(counts.max() / counts.sum())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True)
@@ -60,14 +66,19 @@ def main(argv: list[str] | None = None) -> None:
     criterion = task.build_criterion(cfg.criterion)
     torch.manual_seed(0)
     random_model = task.build_model(cfg.model)
-    n_labels = len(task.dictionaries[0])
+    dictionary = task.dictionaries[0]
+    n_clusters = len(dictionary) - dictionary.nspecial  # fairseq's dictionary adds <s>, <pad>, </s>, <unk>
+    most_frequent = most_frequent_share(args.label_dir / f"{args.split}.km")
     results = {
         "teacher": masked_accuracy(model, task, criterion, args.split, args.max_tokens),
         "random init": masked_accuracy(random_model, task, criterion, args.split, args.max_tokens),
     }
-    lines = [f"Masked prediction on `{args.split}` ({n_labels} k-means classes; chance {1 / n_labels:.3f})", "",
+    results["baselines"] = {"uniform_guess": 1 / n_clusters, "most_frequent_cluster": most_frequent}
+    lines = [f"Masked prediction on `{args.split}` ({n_clusters} k-means clusters; a uniform guess scores "
+             f"{1 / n_clusters:.3f}, always the most frequent cluster {most_frequent:.3f})", "",
              "| model | masked acc | unmasked acc | loss/frame |", "|---|---|---|---|"]
-    for name, r in results.items():
+    for name in ("teacher", "random init"):
+        r = results[name]
         lines.append(f"| {name} | {r['masked_accuracy']:.3f} | {r['unmasked_accuracy']:.3f} | {r['loss_per_frame']:.3f} |")
     table = "\n".join(lines) + "\n"
     atomic_write_text(args.out.with_suffix(".json"), json.dumps(results, indent=2))
