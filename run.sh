@@ -8,7 +8,10 @@
 # 5 SUPERB evaluation. Every stage reads files and writes files, so any stage reruns alone.
 set -euo pipefail
 
-help_message=$(sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//')
+help_message="$(sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//')
+
+Options (--name value; defaults shown):
+$(sed -n '/^stage=1$/,/^superb_config=/p' "$0" | sed 's/^\([a-z_]*\)=/  --\1 /; s/^\(  --[a-z]*\)_/\1-/; s/^\(  --[a-z-]*\)_/\1-/')"
 
 stage=1
 stop_stage=5
