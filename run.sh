@@ -11,7 +11,7 @@ set -euo pipefail
 help_message="$(sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//')
 
 Options (--name value; defaults shown):
-$(sed -n '/^stage=1$/,/^superb_config=/p' "$0" | sed 's/^\([a-z_]*\)=/  --\1 /; s/^\(  --[a-z]*\)_/\1-/; s/^\(  --[a-z-]*\)_/\1-/')"
+$(sed -n '/^stage=/,/^superb_config=/p' "$0" | sed 's/^\([a-z_]*\)=/  --\1 /; :dash; s/^\(  --[a-z-]*\)_/\1-/; t dash')"
 
 stage=1
 stop_stage=5
