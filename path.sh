@@ -7,8 +7,6 @@ export MAIN_ROOT
 export PYTHONPATH="${MAIN_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
 export PYTHONUNBUFFERED=1
 export LC_ALL=C
-# fairseq checkpoints pickle Dictionary objects; torch >= 2.6 refuses them by default.
-export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
 # Offline: never let a library try to reach a model hub.
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1

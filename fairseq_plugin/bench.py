@@ -47,11 +47,11 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from fairseq_plugin import growth, speed
-from fairseq_plugin.atomic_io import atomic_save, atomic_write_text
+from fairseq_plugin.atomic_io import atomic_write_text
 from fairseq_plugin.criterions.layer_distillation import (LayerDistillationConfig, LayerDistillationCriterion,
                                                           student_layer_for)
 from fairseq_plugin.encoder_outputs import layer_outputs
-from fairseq_plugin.export import hubert_checkpoint
+from fairseq_plugin.export import hubert_checkpoint, save_hubert
 from fairseq_plugin.models.student import HUBERT_CNN, StudentConfig
 from fairseq_plugin.speed import SpeedConfig, autocast
 from fairseq_plugin.tasks.distillation import DistillationConfig, DistillationTask, GrowthConfig
@@ -111,8 +111,8 @@ def write_teacher(size: Size, path: Path) -> None:
     layers, dim, ffn, heads = size.teacher
     hcfg = HubertConfig(encoder_layers=layers, encoder_embed_dim=dim, encoder_ffn_embed_dim=ffn,
                         encoder_attention_heads=heads, conv_feature_layers=size.cnn, encoder_layerdrop=0.0)
-    _, state = hubert_checkpoint(hcfg)
-    atomic_save(lambda tmp: torch.save(state, tmp), path)
+    _, state, dictionaries = hubert_checkpoint(hcfg)
+    save_hubert(state, dictionaries, path)
 
 
 def build(size: Size, data: Path, levers: SpeedConfig, device: torch.device):

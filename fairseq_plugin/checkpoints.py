@@ -2,19 +2,26 @@
 
 Loading itself is fairseq's `checkpoint_utils.load_model_ensemble_and_task`; this module only
 looks at the file first, so that a wrong file fails with a message naming it and saying what it
-is, instead of a KeyError deep inside fairseq's upgrade code.
+is, instead of a KeyError deep inside fairseq's upgrade code. Every read goes through torch's
+safe unpickler (`weights_only=True`, with the few classes fairseq needs: `safe_globals.py`), and
+the CNN spec a checkpoint carries is checked against fairseq's grammar (`conv_spec.py`) before
+fairseq evaluates it: a downloaded file cannot run code here.
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
+
+from fairseq_plugin import conv_spec
+from fairseq_plugin.safe_globals import allow_fairseq_checkpoints
+
+allow_fairseq_checkpoints()
 
 # Pre-trained (self-supervised) speech models whose encoders we can distil from or export to.
 SPEECH_SSL_MODELS = ("hubert", "wav2vec2", "data2vec_audio")
@@ -41,21 +48,6 @@ class SpeechModelInfo:
                 f"{self.heads} heads, {self.params / 1e6:.2f}M parameters")
 
 
-@contextlib.contextmanager
-def fairseq_pickles_allowed() -> Iterator[None]:
-    """fairseq checkpoints pickle Dictionary and Namespace objects, which torch >= 2.6 refuses to
-    load by default; fairseq's loader calls torch.load without `weights_only`, so say it here."""
-    old = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
-    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"]
-        else:
-            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = old
-
-
 def read_checkpoint(path: str | Path) -> dict:
     """torch.load a checkpoint on CPU (memory-mapped where possible), or raise CheckpointError."""
     path = Path(path)
@@ -65,11 +57,18 @@ def read_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: checkpoint is empty (0 bytes); was it written to a full disk?")
     try:
         mmap = zipfile.is_zipfile(path)  # torch's zip format memory-maps; the legacy format can't
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        unsafe = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if unsafe:
+            raise CheckpointError(
+                f"{path}: refused: the file pickles {unsafe.group(1)}, which no fairseq checkpoint holds; "
+                "unpickling it could run code. Only tensors, plain containers and fairseq's Dictionary and "
+                "argparse.Namespace are loaded") from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint; truncated or corrupt? ({exc})") from exc
-    except (ModuleNotFoundError, AttributeError) as exc:
-        raise CheckpointError(f"{path}: checkpoint pickles objects from code that is not installed ({exc})") from exc
+    except Exception as exc:  # the safe unpickler meets garbage with KeyError, IndexError, ... as well
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint; truncated or corrupt? "
+                              f"({type(exc).__name__}: {exc})") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a fairseq checkpoint dict")
     return state
@@ -97,9 +96,24 @@ def model_and_task_names(state: dict, path: str | Path) -> tuple[str, str]:
     raise CheckpointError(f"{path}: not a fairseq checkpoint: neither 'cfg' nor 'args' records the model")
 
 
+def model_config(state: dict) -> Any:
+    """The model's config: `cfg.model`, or the legacy `args` Namespace."""
+    return _get(state.get("cfg"), "model") or state.get("args")
+
+
+def check_conv_spec(state: dict, path: str | Path) -> None:
+    """Refuse a checkpoint whose `conv_feature_layers` is not fairseq's grammar: fairseq evals it."""
+    try:
+        conv_spec.check(model_config(state) or {}, str(path))
+    except conv_spec.ConvSpecError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
 def check_speech_checkpoint(path: str | Path) -> tuple[str, str]:
     """Raise CheckpointError unless `path` is a pre-trained fairseq speech SSL checkpoint."""
-    model_name, task_name = model_and_task_names(read_checkpoint(path), path)
+    state = read_checkpoint(path)
+    model_name, task_name = model_and_task_names(state, path)
+    check_conv_spec(state, path)
     if model_name in FINETUNED_MODELS:
         raise CheckpointError(
             f"{path}: a fine-tuned fairseq model ({model_name}); give the pre-trained checkpoint it was "
@@ -111,6 +125,21 @@ def check_speech_checkpoint(path: str | Path) -> tuple[str, str]:
     return model_name, task_name
 
 
+def check_s3prl_checkpoint(path: str | Path) -> dict:
+    """An upstream in S3PRL's converted HuBERT format (`s3prl.pt` of an export), read safely and
+    checked, before S3PRL's `hubert_local` builds (and `eval`s) anything from it."""
+    state = read_checkpoint(path)
+    missing = [k for k in ("task_cfg", "model_cfg", "model_weight", "dictionaries_symbols") if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not an S3PRL HuBERT checkpoint (no {', '.join(missing)}); "
+                              "give the s3prl.pt that `python -m fairseq_plugin.export` writes")
+    try:
+        conv_spec.check(state["model_cfg"], str(path))
+    except conv_spec.ConvSpecError as exc:
+        raise CheckpointError(str(exc)) from None
+    return state
+
+
 def read_full_depth_student(path: str | Path) -> dict:
     """A distillation run's checkpoint, refused unless it is a student that finished growing."""
     state = read_checkpoint(path)
@@ -118,6 +147,7 @@ def read_full_depth_student(path: str | Path) -> dict:
     if model_name != "growing_student":
         raise CheckpointError(f"{path}: a '{model_name}' checkpoint, not a distilled student (growing_student); "
                               "give a distillation run's student.pt or checkpoint_last.pt")
+    check_conv_spec(state, path)
     depth, final = int(state["model"]["depth"]), int(state["cfg"]["model"]["encoder_layers"])
     if depth != final:
         updates = state["optimizer_history"][-1]["num_updates"]
@@ -145,14 +175,13 @@ def load_speech_model(path: str | Path, arg_overrides: dict | None = None) -> tu
     from fairseq import checkpoint_utils
 
     model_name, _ = check_speech_checkpoint(path)
-    with fairseq_pickles_allowed():
-        state = None
-        if model_name == "data2vec_audio":
-            # fairseq registers data2vec audio only from its examples package (its recipe's --user-dir)
-            import fairseq.examples.data2vec.models.data2vec_audio  # noqa: F401
-            state = _without_data2vec_ema(checkpoint_utils.load_checkpoint_to_cpu(str(path), arg_overrides))
-        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(path)], arg_overrides=arg_overrides,
-                                                                          state=state)
+    state = None
+    if model_name == "data2vec_audio":
+        # fairseq registers data2vec audio only from its examples package (its recipe's --user-dir)
+        import fairseq.examples.data2vec.models.data2vec_audio  # noqa: F401
+        state = _without_data2vec_ema(checkpoint_utils.load_checkpoint_to_cpu(str(path), arg_overrides))
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(path)], arg_overrides=arg_overrides,
+                                                                      state=state)
     model = models[0].eval()
     return model, cfg, task
 

@@ -4,21 +4,29 @@
 
 writes into the output dir:
 
-- `hubert.pt`: a plain fairseq HuBERT checkpoint (task `hubert_pretraining`, model `hubert`).
-  fairseq's `checkpoint_utils.load_model_ensemble_and_task` loads it without this plugin, and so
-  do ESPnet's `FairseqHubertEncoder` (`encoder: hubert`), torchaudio's `import_fairseq_model`
-  and S3PRL's `hubert_local` with `extra_conf: {fairseq: true}`.
-- `s3prl.pt`: the same, converted by S3PRL's own converter for `run_downstream.py -u hubert_local -k s3prl.pt`.
+- `hubert.pt` + `dict.km.txt`: a plain fairseq HuBERT checkpoint (task `hubert_pretraining`, model
+  `hubert`) and its label dictionary as text. fairseq's `checkpoint_utils.load_model_ensemble_and_task`
+  loads it without this plugin (with `arg_overrides={"data": <dir>}` once the dir has moved), and so
+  do ESPnet's `FairseqHubertEncoder` (`encoder: hubert`, which passes that override) and
+  torchaudio's `import_fairseq_model`.
+- `s3prl.pt`: the same in S3PRL's converted format (`task_cfg`, `model_cfg`, `model_weight`,
+  `dictionaries_symbols`) for `S3PRLUpstream("hubert_local", path_or_url=...)`, ESPnet's
+  `frontend: s3prl` and `run_downstream.py -u hubert_local -k s3prl.pt`.
 - `hf/`: a Hugging Face `HubertModel` (config.json + model.safetensors) for `from_pretrained(dir)`.
 
+Every file holds tensors and plain containers only: each loads with the default
+`torch.load(weights_only=True)`, in any process, with no allow-list. (fairseq's own checkpoints
+pickle the label `Dictionary` in `task_state`; here it is the text file, which fairseq's HuBERT
+task reads from the data dir when `task_state` is absent.) A teacher is exported the same way,
+rewritten, never copied byte for byte: whatever else its file carried is not passed on.
+
 The HuBERT pre-training heads that a plain checkpoint must carry (`mask_emb`, `final_proj`,
-`label_embs_concat`, one dummy label dictionary) are freshly initialised: nothing reads them
-when extracting features.
+`label_embs_concat`, one dummy label dictionary) are freshly initialised for a student: nothing
+reads them when extracting features.
 """
 from __future__ import annotations
 
 import argparse
-import shutil
 import re
 import sys
 from pathlib import Path
@@ -30,9 +38,10 @@ from fairseq.models.hubert.hubert import HubertConfig, HubertModel
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 from omegaconf import OmegaConf
 
+from fairseq_plugin import conv_spec
 from fairseq_plugin.atomic_io import atomic_dir, atomic_save
-from fairseq_plugin.checkpoints import (CheckpointError, fairseq_pickles_allowed, load_speech_model,
-                                        model_and_task_names, read_checkpoint, read_full_depth_student)
+from fairseq_plugin.checkpoints import (CheckpointError, load_speech_model, model_and_task_names, read_checkpoint,
+                                        read_full_depth_student)
 from fairseq_plugin.models.student import GrowingStudent, StudentConfig
 
 LABEL_RATE = 50.0  # the dummy label stream's rate: HuBERT's own frame rate
@@ -59,9 +68,10 @@ def load_student(path: str | Path, random_init: bool = False) -> GrowingStudent:
 
 
 def hubert_checkpoint(hcfg: HubertConfig, normalize: bool = False, weights: dict | None = None,
-                      num_updates: int = 0) -> tuple[HubertModel, dict]:
+                      num_updates: int = 0) -> tuple[HubertModel, dict, list[Dictionary]]:
     """A fairseq HubertModel of shape `hcfg` (with `weights` loaded, if given: the encoder's only),
-    and the plain `hubert_pretraining` / `hubert` checkpoint dict that saves it."""
+    the plain `hubert_pretraining` / `hubert` checkpoint dict that saves it, and its one dummy
+    label dictionary (saved beside it by `save_hubert`)."""
     hcfg._name = "hubert"
     hcfg.label_rate = LABEL_RATE
     task_cfg = HubertPretrainingConfig(data=".", labels=["km"], label_rate=LABEL_RATE, sample_rate=16000,
@@ -85,17 +95,51 @@ def hubert_checkpoint(hcfg: HubertConfig, normalize: bool = False, weights: dict
         "criterion": None,
         "optimizer_history": [{"criterion_name": "HubertCriterion", "optimizer_name": "FairseqAdam",
                                "lr_scheduler_state": {}, "num_updates": num_updates}],
-        "task_state": {"dictionaries": [dictionary]},
         "extra_state": {"epoch": 1, "train_iterator": {"epoch": 1}, "val_loss": None},
         "last_optimizer_state": None,
     }
-    return model.eval(), state
+    return model.eval(), state, [dictionary]
 
 
-def to_fairseq_hubert(student: GrowingStudent, normalize: bool = False) -> tuple[HubertModel, dict]:
-    """A fairseq HubertModel holding the student's encoder, and the checkpoint dict to save it."""
+def to_fairseq_hubert(student: GrowingStudent, normalize: bool = False) -> tuple[HubertModel, dict, list[Dictionary]]:
+    """A fairseq HubertModel holding the student's encoder, the checkpoint dict to save it, its dictionaries."""
     encoder_weights = {k: v for k, v in student.state_dict().items() if not k.startswith("heads.") and k != "depth"}
     return hubert_checkpoint(student.hubert_config(), normalize, encoder_weights, student.num_updates)
+
+
+def teacher_checkpoint(path: Path) -> tuple[HubertModel, dict, list[Dictionary]]:
+    """A fairseq HuBERT teacher rewritten as the same plain checkpoint a student export is: its config
+    and weights, the label dictionaries apart, and nothing else its file carried."""
+    hubert, cfg, task = load_speech_model(path)
+    state = {
+        "args": None,
+        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "model": hubert.state_dict(),
+        "criterion": None,
+        "optimizer_history": [{"criterion_name": "HubertCriterion", "optimizer_name": "FairseqAdam",
+                               "lr_scheduler_state": {}, "num_updates": 0}],
+        "extra_state": {"epoch": 1, "train_iterator": {"epoch": 1}, "val_loss": None},
+        "last_optimizer_state": None,
+    }
+    return hubert, state, list(task.dictionaries)
+
+
+def save_hubert(state: dict, dictionaries: list[Dictionary], path: Path) -> Path:
+    """Save a plain HuBERT checkpoint with its dictionaries as `dict.<label>.txt` beside it (written
+    first, so the checkpoint never exists without them); the task's data dir points at that folder."""
+    folder = path.parent.resolve()
+    task = state["cfg"]["task"]
+    task["data"], task["label_dir"] = str(folder), None
+    for label, dictionary in zip(task["labels"], dictionaries, strict=True):
+        atomic_save(lambda tmp, d=dictionary: d.save(tmp), folder / f"dict.{label}.txt")
+    atomic_save(lambda tmp: torch.save(state, tmp), path)
+    return path
+
+
+def s3prl_checkpoint(state: dict, dictionaries: list[Dictionary]) -> dict:
+    """S3PRL's converted HuBERT format (what `s3prl.upstream.hubert.convert` writes), in plain containers."""
+    return {"task_cfg": state["cfg"]["task"], "model_cfg": state["cfg"]["model"], "model_weight": state["model"],
+            "dictionaries_symbols": [list(d.symbols) for d in dictionaries]}
 
 
 def _hf_name(fairseq_key: str) -> str | None:
@@ -128,7 +172,7 @@ def to_huggingface(hubert: HubertModel, cfg) -> "transformers.HubertModel":  # n
 
     if cfg.extractor_mode != "default" or cfg.layer_norm_first:
         raise NotImplementedError("Hugging Face export covers HuBERT Base's layout (GroupNorm CNN, post-LN layers)")
-    conv = eval(cfg.conv_feature_layers)
+    conv = conv_spec.parse(cfg.conv_feature_layers)
     hf_cfg = transformers.HubertConfig(
         hidden_size=cfg.encoder_embed_dim, num_hidden_layers=cfg.encoder_layers,
         num_attention_heads=cfg.encoder_attention_heads, intermediate_size=cfg.encoder_ffn_embed_dim,
@@ -156,27 +200,19 @@ def to_huggingface(hubert: HubertModel, cfg) -> "transformers.HubertModel":  # n
 
 
 def export(checkpoint: Path, out_dir: Path, formats: list[str], random_init: bool = False) -> list[Path]:
-    """Export a student (or, as it is, a fairseq HuBERT teacher) into `out_dir`."""
+    """Export a student (or a fairseq HuBERT teacher, rewritten) into `out_dir`."""
     model_name, _ = model_and_task_names(read_checkpoint(checkpoint), checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fairseq_path = out_dir / "hubert.pt"
-    if model_name == "hubert" and not random_init:  # already a plain HuBERT checkpoint: copy it
-        hubert, cfg, _ = load_speech_model(checkpoint)
-        hubert_cfg = cfg.model
-        atomic_save(lambda tmp: shutil.copyfile(checkpoint, tmp), fairseq_path)
+    if model_name == "hubert" and not random_init:
+        hubert, state, dictionaries = teacher_checkpoint(checkpoint)
     else:
-        hubert, state = to_fairseq_hubert(load_student(checkpoint, random_init))
-        hubert_cfg = OmegaConf.create(state["cfg"]["model"])
-        atomic_save(lambda tmp: torch.save(state, tmp), fairseq_path)
-    written = [fairseq_path]
+        hubert, state, dictionaries = to_fairseq_hubert(load_student(checkpoint, random_init))
+    written = [save_hubert(state, dictionaries, out_dir / "hubert.pt")]
     if "s3prl" in formats:
-        from s3prl.upstream.hubert.convert import load_and_convert_fairseq_ckpt
-
-        with fairseq_pickles_allowed():
-            atomic_save(lambda tmp: load_and_convert_fairseq_ckpt(str(fairseq_path), tmp), out_dir / "s3prl.pt")
+        atomic_save(lambda tmp: torch.save(s3prl_checkpoint(state, dictionaries), tmp), out_dir / "s3prl.pt")
         written.append(out_dir / "s3prl.pt")
     if "hf" in formats:
-        hf = to_huggingface(hubert, hubert_cfg)
+        hf = to_huggingface(hubert, OmegaConf.create(state["cfg"]["model"]))
         with atomic_dir(out_dir / "hf") as tmp:
             hf.save_pretrained(tmp, safe_serialization=True)
         written.append(out_dir / "hf")

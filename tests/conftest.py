@@ -13,8 +13,6 @@ import yaml
 from local.data import prepare
 
 REPO = Path(__file__).resolve().parents[1]
-# fairseq checkpoints pickle Dictionary objects; torch >= 2.6 refuses them unless told (path.sh does this).
-os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 
 
 def tiny_corpus_config(seed: int = 1234) -> dict:

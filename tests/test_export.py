@@ -1,5 +1,6 @@
 """Exports load where users work (fairseq without the plugin, torchaudio, transformers, S3PRL,
-ESPnet) and give the student's hidden states, layer by layer."""
+ESPnet's two routes), with torch's default safe unpickler, and give the student's hidden states,
+layer by layer."""
 from __future__ import annotations
 
 import subprocess
@@ -8,8 +9,9 @@ import sys
 import pytest
 import torch
 from fairseq import checkpoint_utils
+from fairseq.data import Dictionary
 
-from fairseq_plugin.checkpoints import CheckpointError
+from fairseq_plugin.checkpoints import CheckpointError, load_speech_model
 from fairseq_plugin.export import export, load_student
 
 TOL = dict(rtol=1e-4, atol=1e-4)  # same fp32 operations; only kernel choices may differ
@@ -27,28 +29,59 @@ def exported(tiny_student, tmp_path_factory):
     return out, wav, layers
 
 
-def test_fairseq_checkpoint_loads_without_the_plugin(exported, tmp_path):
+# A fresh interpreter with no environment at all (no path.sh, no plugin on the path, another cwd):
+# what a user of plain fairseq, ESPnet, S3PRL or transformers has. Every file loads with torch's
+# default (weights_only=True) unpickler; each library's own loader gives the student's layers.
+FRESH_PROCESS = """
+import sys, torch
+out, wav_file, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for name in ("hubert.pt", "s3prl.pt"):
+    torch.load(f"{out}/{name}", weights_only=True)
+wav = torch.load(wav_file)
+lens = torch.tensor([wav.shape[1]] * wav.shape[0])
+found = {}
+with torch.no_grad():
+    from fairseq import checkpoint_utils
+    (m,), cfg, _ = checkpoint_utils.load_model_ensemble_and_task([f"{out}/hubert.pt"])
+    assert cfg.model._name == "hubert" and cfg.task._name == "hubert_pretraining"
+    found["fairseq"] = [m.eval().extract_features(wav, padding_mask=None, mask=False, output_layer=l)[0]
+                        for l in range(1, n + 1)]
+    from espnet2.asr.encoder.hubert_encoder import FairseqHubertEncoder
+    enc = FairseqHubertEncoder(input_size=1, hubert_url=f"{out}/hubert.pt", hubert_dir_path=out,
+                               output_size=found["fairseq"][-1].shape[-1], normalize_before=False).eval()
+    found["espnet_encoder_hubert"] = [enc(wav, lens)[0]]
+    from espnet2.asr.frontend.s3prl import S3prlFrontend
+    front = S3prlFrontend(frontend_conf={"upstream": "hubert_local", "path_or_url": f"{out}/s3prl.pt"}, layer=n).eval()
+    found["espnet_frontend_s3prl"] = [front(wav, lens)[0]]
+    from s3prl.nn import S3PRLUpstream
+    found["s3prl"] = S3PRLUpstream("hubert_local", path_or_url=f"{out}/s3prl.pt").eval()(wav, lens)[0][1:]
+    from transformers import HubertModel
+    hf = HubertModel.from_pretrained(f"{out}/hf", local_files_only=True).eval()
+    found["transformers"] = list(hf(wav, output_hidden_states=True).hidden_states[1:])
+assert "fairseq_plugin" not in sys.modules
+torch.save(found, "found.pt")
+"""
+
+
+def test_every_export_loads_in_a_fresh_process(exported, tmp_path):
     out, wav, layers = exported
     torch.save(wav, tmp_path / "wav.pt")
-    # A fresh interpreter that never imports fairseq_plugin: what a user of plain fairseq has.
-    code = f"""
-import torch, sys
-from fairseq import checkpoint_utils
-models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([{str(out / 'hubert.pt')!r}])
-assert "fairseq_plugin" not in sys.modules
-assert cfg.model._name == "hubert" and cfg.task._name == "hubert_pretraining"
-m = models[0].eval()
-wav = torch.load({str(tmp_path / 'wav.pt')!r})
-with torch.no_grad():
-    feats = [m.extract_features(wav, padding_mask=None, mask=False, output_layer=l)[0] for l in range(1, {len(layers) + 1})]
-torch.save(feats, {str(tmp_path / 'feats.pt')!r})
-"""
-    env = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "PATH": ""}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=tmp_path, capture_output=True)
-    feats = torch.load(tmp_path / "feats.pt")
-    assert len(feats) == len(layers) == 6
-    for a, b in zip(layers, feats):
-        torch.testing.assert_close(a, b, **TOL)
+    proc = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(out), str(tmp_path / "wav.pt"), str(len(layers))],
+                          env={"PATH": "", "HF_HUB_OFFLINE": "1"}, cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = torch.load(tmp_path / "found.pt")
+    assert len(found["fairseq"]) == len(found["s3prl"]) == len(found["transformers"]) == len(layers) == 6
+    for route, outputs in found.items():
+        for a, b in zip(reversed(layers), reversed(outputs)):
+            # S3PRL pads the waveform and so yields one more frame; the shared frames must match.
+            torch.testing.assert_close(b[:, : a.shape[1]], a, **TOL, msg=lambda m: f"{route}: {m}")
+
+
+def test_exports_pickle_no_objects(exported):
+    out, _, _ = exported
+    for name in ("hubert.pt", "s3prl.pt"):
+        assert torch.serialization.get_unsafe_globals_in_checkpoint(out / name) == []
+    assert (out / "dict.km.txt").read_text() == "0 1\n"
 
 
 def test_torchaudio_import_fairseq_model(exported):
@@ -63,41 +96,6 @@ def test_torchaudio_import_fairseq_model(exported):
         torch.testing.assert_close(a, b, **TOL)
 
 
-def test_huggingface_from_pretrained(exported):
-    from transformers import HubertModel
-
-    out, wav, layers = exported
-    model = HubertModel.from_pretrained(out / "hf", local_files_only=True).eval()
-    with torch.no_grad():
-        hidden = model(wav, output_hidden_states=True).hidden_states
-    for a, b in zip(layers, hidden[1:], strict=True):
-        torch.testing.assert_close(a, b, **TOL)
-
-
-def test_s3prl_hubert_local(exported):
-    from s3prl.nn import S3PRLUpstream
-
-    out, wav, layers = exported
-    upstream = S3PRLUpstream("hubert_local", path_or_url=str(out / "s3prl.pt")).eval()
-    with torch.no_grad():
-        hidden, _ = upstream(wav, torch.tensor([wav.shape[1]] * 2))
-    assert len(hidden) == len(layers) + 1  # S3PRL also returns the CNN features first
-    for a, b in zip(layers, hidden[1:]):
-        # S3PRL pads the waveform and so yields one more frame; the shared frames must match.
-        torch.testing.assert_close(a, b[:, : a.shape[1]], **TOL)
-
-
-def test_espnet_fairseq_hubert_encoder(exported):
-    from espnet2.asr.encoder.hubert_encoder import FairseqHubertEncoder
-
-    out, wav, layers = exported
-    encoder = FairseqHubertEncoder(input_size=1, hubert_url=str(out / "hubert.pt"), hubert_dir_path=str(out),
-                                   output_size=layers[-1].shape[-1], normalize_before=False).eval()
-    with torch.no_grad():
-        enc, lens, _ = encoder(wav, torch.tensor([wav.shape[1]] * 2))
-    torch.testing.assert_close(enc, layers[-1], **TOL)
-
-
 def test_export_refuses_what_is_not_a_student(tiny_teacher, tmp_path):
     with pytest.raises(CheckpointError, match="a 'hubert' checkpoint, not a distilled student"):
         export(tiny_teacher, tmp_path, ["fairseq"], random_init=True)
@@ -109,7 +107,13 @@ def test_export_refuses_what_is_not_a_student(tiny_teacher, tmp_path):
 
 def test_teacher_and_random_init_exports(tiny_teacher, tiny_student, tmp_path):
     export(tiny_teacher, tmp_path / "teacher", ["fairseq", "s3prl"])
-    assert (tmp_path / "teacher/hubert.pt").read_bytes() == tiny_teacher.read_bytes()
+    # rewritten, not copied: the same model, with no pickled object and the dictionary as text
+    source, _, task = load_speech_model(tiny_teacher)
+    (teacher,), _, _ = checkpoint_utils.load_model_ensemble_and_task([str(tmp_path / "teacher/hubert.pt")])
+    for (name, a), b in zip(source.state_dict().items(), teacher.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / "teacher/hubert.pt") == []
+    assert Dictionary.load(str(tmp_path / "teacher/dict.km.txt")).symbols == task.dictionaries[0].symbols
     export(tiny_student, tmp_path / "random", ["fairseq"], random_init=True)
     trained = load_student(tiny_student)
     (random,), cfg, _ = checkpoint_utils.load_model_ensemble_and_task([str(tmp_path / "random/hubert.pt")])

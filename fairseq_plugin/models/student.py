@@ -21,6 +21,7 @@ from fairseq.models.hubert.hubert import HubertConfig
 from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel, TransformerEncoder
 from fairseq.modules import LayerNorm
 
+from fairseq_plugin import conv_spec
 from fairseq_plugin.encoder_outputs import cnn_features, layer_outputs
 
 HUBERT_CNN = "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"
@@ -64,7 +65,7 @@ class GrowingStudent(BaseFairseqModel):
     def __init__(self, cfg: StudentConfig, teacher_dim: int, num_targets: int, start_depth: int):
         super().__init__()
         self.cfg = cfg
-        conv_layers = eval(cfg.conv_feature_layers)  # fairseq's own format: a Python list literal
+        conv_layers = conv_spec.parse(cfg.conv_feature_layers)  # fairseq's format, read without eval
         self.embed = conv_layers[-1][0]
         self.feature_extractor = ConvFeatureExtractionModel(
             conv_layers=conv_layers, dropout=0.0, mode=cfg.extractor_mode, conv_bias=cfg.conv_bias)

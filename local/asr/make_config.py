@@ -4,6 +4,8 @@
 
 Sets, where the config has them, the S3PRL front end's checkpoint (`<export>/s3prl.pt`) and the
 linear pre-encoder's input width, or the `encoder: hubert` checkpoint (`<export>/hubert.pt`).
+The checkpoints the config names are read safely and checked first (`fairseq_plugin.checkpoints`):
+a file that would run code in ESPnet's process is refused here, by name.
 """
 from __future__ import annotations
 
@@ -13,13 +15,17 @@ from pathlib import Path
 import yaml
 
 from fairseq_plugin.atomic_io import atomic_write_text
-from fairseq_plugin.checkpoints import read_checkpoint
+from fairseq_plugin.checkpoints import (CheckpointError, check_conv_spec, check_s3prl_checkpoint, model_config,
+                                        read_checkpoint)
 
 
 def fill(cfg: dict, export_dir: Path) -> dict:
     export_dir = export_dir.resolve()
-    width = int(read_checkpoint(export_dir / "hubert.pt")["cfg"]["model"]["encoder_embed_dim"])
+    hubert = read_checkpoint(export_dir / "hubert.pt")
+    check_conv_spec(hubert, export_dir / "hubert.pt")
+    width = int(model_config(hubert)["encoder_embed_dim"])
     if cfg.get("frontend") == "s3prl":
+        check_s3prl_checkpoint(export_dir / "s3prl.pt")
         cfg["frontend_conf"]["frontend_conf"]["path_or_url"] = str(export_dir / "s3prl.pt")
         if cfg.get("preencoder") == "linear":
             cfg["preencoder_conf"]["input_size"] = width
@@ -31,7 +37,10 @@ def fill(cfg: dict, export_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     template, export_dir, out = map(Path, argv or sys.argv[1:])
-    cfg = fill(yaml.safe_load(template.read_text()), export_dir)
+    try:
+        cfg = fill(yaml.safe_load(template.read_text()), export_dir)
+    except CheckpointError as exc:
+        sys.exit(f"error: {exc}")
     atomic_write_text(out, yaml.safe_dump(cfg, sort_keys=False))
 
 

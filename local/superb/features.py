@@ -11,18 +11,25 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fairseq_plugin.checkpoints import fairseq_pickles_allowed
+from fairseq_plugin.checkpoints import check_s3prl_checkpoint
 from local.data.audio import read_audio
 from local.data.kaldi import read_dict, read_table
 
 
+def pick_device(ngpu: int) -> torch.device:
+    """Where the upstream runs: a GPU when one is asked for and there is one (stage 5 shares a
+    machine's first GPU between its jobs), else the CPU."""
+    return torch.device("cuda" if ngpu > 0 and torch.cuda.is_available() else "cpu")
+
+
 @torch.no_grad()
-def extract(s3prl_ckpt: Path, data_dir: Path, batch: int = 8) -> dict[str, torch.Tensor]:
-    """utt -> layer-normalised hidden states [layers + 1, frames, dim] (fp16), CNN output first."""
+def extract(s3prl_ckpt: Path, data_dir: Path, batch: int = 8,
+            device: torch.device = torch.device("cpu")) -> dict[str, torch.Tensor]:
+    """utt -> layer-normalised hidden states [layers + 1, frames, dim] (fp16, on the CPU), CNN output first."""
     from s3prl.nn import S3PRLUpstream
 
-    with fairseq_pickles_allowed():
-        upstream = S3PRLUpstream("hubert_local", path_or_url=str(s3prl_ckpt)).eval()
+    check_s3prl_checkpoint(s3prl_ckpt)  # refuses a file S3PRL's loader would run code from
+    upstream = S3PRLUpstream("hubert_local", path_or_url=str(s3prl_ckpt)).eval().to(device)
     wavs = read_table(data_dir / "wav.scp")
     lengths = {u: int(n) for u, n in read_dict(data_dir / "utt2num_samples").items()}
     order = sorted(wavs, key=lambda x: lengths[x[0]])  # similar lengths together: little padding
@@ -32,9 +39,9 @@ def extract(s3prl_ckpt: Path, data_dir: Path, batch: int = 8) -> dict[str, torch
         audio = [torch.from_numpy(read_audio(path)) for _, path in chunk]
         lens = torch.tensor([len(a) for a in audio])
         padded = torch.nn.utils.rnn.pad_sequence(audio, batch_first=True)
-        hidden, hidden_lens = upstream(padded, lens)
+        hidden, hidden_lens = upstream(padded.to(device), lens.to(device))
         stacked = torch.stack(hidden, dim=1)  # B x (L+1) x T x D
         for (utt, _), h, n in zip(chunk, stacked, hidden_lens[0]):
             h = h[:, : int(n)]
-            feats[utt] = F.layer_norm(h, h.shape[-1:]).to(torch.float16)
+            feats[utt] = F.layer_norm(h, h.shape[-1:]).to(torch.float16).cpu()  # the heads train on the CPU
     return feats
