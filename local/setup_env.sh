@@ -2,9 +2,12 @@
 # Create or reuse the project's environment: Debian packages (only when missing) and a
 # project-local virtualenv from requirements.txt. A second run with nothing changed takes seconds.
 #
-# Two pip steps, because fairseq compiles C++/Cython extensions against the torch it finds:
-# step 1 installs torch and the build tools; step 2 builds the rest with --no-build-isolation,
-# so fairseq links against our torch and not against the newest one PyPI offers.
+# Three pip steps. Step 1 installs torch and the build tools from requirements.txt. Step 2
+# builds what has no wheel here (requirements-source.txt: fairseq-fixed and a few dependencies)
+# from sdists whose sha256 is pinned, in pip's hash-checking mode, with --no-build-isolation so
+# fairseq compiles its C++/Cython extensions against our torch and not the newest one PyPI
+# offers. Step 3 installs the rest of requirements.txt from wheels only, so nothing that step 2
+# did not check gets built from source.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +29,8 @@ fi
 python=${PYTHON:-python3}
 venv=.venv
 stamp=${venv}/.requirements.sha256
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+# One hash over both files (each hashed on its own, then together): a change to either reinstalls.
+want=$(sha256sum requirements.txt requirements-source.txt | sha256sum | cut -d' ' -f1)
 if [ -f "${stamp}" ] && [ "$(cat "${stamp}")" = "${want}" ]; then
   exit 0
 fi
@@ -35,13 +39,21 @@ fi
 pip="${venv}/bin/python -m pip --disable-pip-version-check"
 build_reqs=$(grep -E '^(pip|torch|torchaudio|numpy|Cython|setuptools|wheel)==' requirements.txt)
 torch_pins=$(grep -E '^(torch|torchaudio)==' requirements.txt)
-log "pip step 1/2: ${build_reqs//$'\n'/ }"
+log "pip step 1/3: ${build_reqs//$'\n'/ }"
 # shellcheck disable=SC2086
-${pip} install -q ${build_reqs}
-log "pip step 2/2: requirements.txt (fairseq builds its extensions here)"
-# torch is pinned again so no package can pull another torch in beside it.
+${pip} install -q --only-binary :all: ${build_reqs}
+log "pip step 2/3: requirements-source.txt, sdists checked by sha256 (fairseq builds its extensions here)"
+# Hash-checking mode is all-or-nothing per pip invocation, hence a step of its own; --no-deps
+# because the dependencies are not hash-pinned (they come from requirements.txt in step 3).
+${pip} install -q --require-hashes --no-deps --no-binary :all: --no-build-isolation \
+  -r requirements-source.txt
+log "pip step 3/3: requirements.txt, wheels only"
+# torch is pinned again so no package can pull another torch in beside it. The packages of step
+# 2 are installed already and satisfy what requirements.txt asks of them; any other package
+# without a wheel stops the set-up (add it to requirements-source.txt with its hash) instead of
+# being built unchecked.
 # shellcheck disable=SC2086
-${pip} install -q --no-build-isolation ${torch_pins} -r requirements.txt
+${pip} install -q --only-binary :all: ${torch_pins} -r requirements.txt
 ${pip} check
 echo "${want}" > "${stamp}"
 log "environment ready in ${venv}"
