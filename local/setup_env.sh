@@ -45,7 +45,9 @@ ${pip} install -q --only-binary :all: ${build_reqs}
 log "pip step 2/3: requirements-source.txt, sdists checked by sha256 (fairseq builds its extensions here)"
 # Hash-checking mode is all-or-nothing per pip invocation, hence a step of its own; --no-deps
 # because the dependencies are not hash-pinned (they come from requirements.txt in step 3).
-${pip} install -q --require-hashes --no-deps --no-binary :all: --no-build-isolation \
+# Without CUDA_HOME: fairseq's setup.py then adds CUDA extensions whose .cu sources its sdist
+# does not ship (the build fails on GPU machines); HuBERT needs none of them.
+env -u CUDA_HOME ${pip} install -q --require-hashes --no-deps --no-binary :all: --no-build-isolation \
   -r requirements-source.txt
 log "pip step 3/3: requirements.txt, wheels only"
 # torch is pinned again so no package can pull another torch in beside it. The packages of step
