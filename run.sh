@@ -27,7 +27,8 @@ corpus_config=conf/corpus/synth.yaml
 teacher_config=hubert_tiny  # conf/teacher/<name>.yaml, for the embedded teacher
 kmeans_clusters=50          # its k-means targets (MFCC, one iteration)
 preset=tiny                 # conf/distill/<preset>.yaml: tiny, paper, deep_narrow, wide_shallow, distilhubert
-operators="interleaved stack_top midas none"  # growth operators to distil with (stage 3), one run each
+operators=""                # stage 3: growth operators, one run each; empty: the preset's (task.growth.compare)
+distill_args=""             # stage 3: more fairseq-hydra-train overrides, e.g. "optimization.max_update=1000"
 asr_config=conf/asr/tiny_s3prl.yaml  # stage 4: ESPnet ASR config (an S3PRL front end)
 nbpe=30                     # stage 4: sentencepiece BPE size (LibriSpeech 100 h recipes use 5000)
 superb_config=conf/superb/mini.yaml  # stage 5: mini-SUPERB tasks, budgets and learning rates
@@ -50,6 +51,8 @@ export_upstream() {
 
 ./local/setup_env.sh
 . ./path.sh
+# The runs of stage 3, named by growth operator; stages 4 and 5 read their students.
+operators=$(python -m local.distill.runs --preset "${preset}" --operators "${operators}")
 
 if [ -n "${librispeech_root}" ]; then
   read -r -a _splits <<< "${librispeech_splits}"
@@ -104,20 +107,18 @@ if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
 fi
 
 if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
-  device_opts=(common.cpu=true)
-  if [ "${ngpu}" -gt 0 ]; then
-    device_opts=(common.cpu=false distributed_training.distributed_world_size="${ngpu}")
-    # The paper's batch (64 utterances per update) is split over the GPUs.
-    [ "${preset}" != tiny ] && device_opts+=(dataset.batch_size=$((64 / ngpu)))
-  fi
+  # Device and batch: the preset's utterances per update on any GPU count (local/distill/batch.py).
+  read -r -a device_opts <<< "$(python -m local.distill.batch --preset "${preset}" --ngpu "${ngpu}")"
+  read -r -a extra_opts <<< "${distill_args}"  # split on spaces, never globbed; last, so they win
   for op in ${operators}; do
     run_dir=${distill_dir}/${op}
     log "Stage 3: distilling ${teacher_dir}/teacher.pt into conf/distill/${preset}.yaml, growth ${op} -> ${run_dir}"
     mkdir -p "${run_dir}"
-    fairseq-hydra-train --config-dir "${MAIN_ROOT}/conf/distill" --config-name "${preset}" \
+    fairseq-hydra-train --config-dir "${MAIN_ROOT}/conf" --config-name "distill/${preset}" \
       task.data="${manifests}" task.teacher_checkpoint="${teacher_dir}/teacher.pt" task.growth.operator="${op}" \
       dataset.train_subset="${train_set}" dataset.valid_subset="${valid_set}" "${device_opts[@]}" \
-      checkpoint.save_dir="${run_dir}/checkpoints" hydra.run.dir="${run_dir}/hydra" 2>&1 | tee -a "${run_dir}/train.log"
+      checkpoint.save_dir="${run_dir}/checkpoints" hydra.run.dir="${run_dir}/hydra" "${extra_opts[@]}" \
+      2>&1 | tee -a "${run_dir}/train.log"
     python -m local.distill.finalize "${run_dir}/checkpoints/checkpoint_last.pt" "${run_dir}/student.pt"
   done
   log "Stage 3: comparing the runs -> ${distill_dir}/report.md, ${distill_dir}/loss_vs_wallclock.png"

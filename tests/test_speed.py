@@ -39,11 +39,13 @@ def test_bf16_and_shared_cnn_train_the_student(tiny_corpus, tiny_teacher, tmp_pa
     assert int(student["depth"]) == 6
 
 
-def test_shared_cnn_needs_the_teachers_shapes(tiny_corpus, tiny_teacher, tmp_path):
+def test_shared_cnn_takes_the_teachers_shapes(tiny_corpus, tiny_teacher, tmp_path):
     proc = distill(tiny_corpus, tiny_teacher, tmp_path, "optimization.max_update=1", "task.growth.operator=none",
-                   "task.speed.share_teacher_cnn=true", "model.conv_feature_layers='[(64,10,5)] + [(64,3,2)] * 4 + [(64,2,2)] * 2'",
-                   check=False)
-    assert proc.returncode != 0 and "share_teacher_cnn=true needs the student's CNN" in proc.stderr + proc.stdout
+                   "task.speed.share_teacher_cnn=true", "model.conv_feature_layers='[(64,10,5)] + [(64,3,2)] * 4 + [(64,2,2)] * 2'")
+    assert "the teacher's (task.speed.share_teacher_cnn)" in proc.stderr + proc.stdout
+    teacher = torch.load(tiny_teacher, weights_only=False)["cfg"]["model"]["conv_feature_layers"]
+    assert torch.load(tmp_path / "checkpoints/checkpoint_last.pt", weights_only=False)["cfg"]["model"][
+        "conv_feature_layers"] == teacher
 
 
 def test_benchmark_runs_and_reports_ratios(tmp_path):

@@ -3,11 +3,12 @@
     L = D(teacher[last], head_0(student[last]))
         + layer_weight * mean_k D(teacher[t_k], head_k(student[s_k(depth)]))
 
-where t_k are `task.teacher_layers` (default 4/8/12 of 12) and s_k(depth) = round(t_k * depth /
-teacher_depth) is the student layer at the same relative depth, so the targets stay put while
-the student grows (at 3 layers: 1/2/3; at 12: 4/8/12); with target_layers=last every head
-reads the last layer instead (DistilHuBERT). D is MSE (the interleaved-stacking paper), or
-L1 - log sigmoid(cosine) (DistilHuBERT, DPHuBERT). Padded frames are excluded.
+where t_k are `task.teacher_layers` (default `auto`: the teacher's thirds, 4/8/12 of 12) and
+s_k(depth) = round(t_k * depth / teacher_depth) is the student layer at the same relative depth,
+so the targets stay put while the student grows (at 3 layers: 1/2/3; at 12: 4/8/12); with
+target_layers=last every head reads the last layer instead (DistilHuBERT). D is MSE (the
+interleaved-stacking paper), or L1 - log sigmoid(cosine) (DistilHuBERT, DPHuBERT). Padded
+frames are excluded.
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ class LayerDistillationCriterion(FairseqCriterion):
         loss_last = self.distance(student.heads[0](layers[-1]), teacher[task.teacher_depth], keep)
         logging_output = {"loss_last": loss_last.detach(), "depth": depth}
         layer_terms = []
-        for k, t in enumerate(task.cfg.teacher_layers, start=1):
+        for k, t in enumerate(task.teacher_layers, start=1):
             s = student_layer_for(t, task.teacher_depth, depth) if self.cfg.target_layers == "relative" else depth
             term = self.distance(student.heads[k](layers[s - 1]), teacher[t], keep)
             layer_terms.append(term)

@@ -15,18 +15,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
-from typing import List
+from typing import Any, List
 
 import numpy as np
 import torch
-from fairseq.data import BaseWrapperDataset, data_utils
+from fairseq.data import BaseWrapperDataset
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
 from omegaconf import II
 
-from fairseq_plugin import growth, speed, teacher_cache
+from fairseq_plugin import crops, growth, speed, teacher_cache
 from fairseq_plugin.checkpoints import describe, load_speech_model
 from fairseq_plugin.encoder_outputs import cnn_features, layer_outputs
 from fairseq_plugin.models.student import unwrap_student
@@ -51,37 +52,23 @@ class GrowthConfig(FairseqDataclass):
         default=II("optimization.max_update"), metadata={"help": "updates the schedule spans"})
     measure_spike: bool = field(
         default=True, metadata={"help": "log the loss on the growth batch just before and after growing"})
+    compare: List[str] = field(
+        default_factory=list,
+        metadata={"help": "the operators run.sh stage 3 compares, one run each (empty: just `operator`); "
+                          "training reads only `operator`"})
 
 
 @dataclass
 class DistillationConfig(AudioPretrainingConfig):
     teacher_checkpoint: str = field(
         default="???", metadata={"help": "fairseq HuBERT / wav2vec 2.0 / data2vec audio checkpoint"})
-    teacher_layers: List[int] = field(
-        default_factory=lambda: [4, 8, 12],
-        metadata={"help": "teacher layers (1-based) for the layer-to-layer loss; fixed through growth"})
+    teacher_layers: Any = field(
+        default="auto",
+        metadata={"help": "teacher layers (1-based) for the layer-to-layer loss, fixed through growth: a list, or "
+                          "'auto': the teacher's thirds (4/8/12 of 12, 2/4/6 of 6)"})
     enable_padding: bool = field(default=True, metadata={"help": "pad batches (with a padding mask) instead of cropping"})
     growth: GrowthConfig = field(default_factory=GrowthConfig)
     speed: speed.SpeedConfig = field(default_factory=speed.SpeedConfig)
-
-
-class SeededCollater(BaseWrapperDataset):
-    """fairseq's audio datasets crop with the global numpy RNG; seed each batch from (seed, epoch,
-    first index) instead, so a resumed run sees exactly the crops of an uninterrupted one."""
-
-    def __init__(self, dataset, seed: int):
-        super().__init__(dataset)
-        self.seed = seed
-        self.epoch = 1
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-        super().set_epoch(epoch)
-
-    def collater(self, samples):
-        first = samples[0]["id"] if samples else 0
-        with data_utils.numpy_seed(self.seed, self.epoch, first):
-            return self.dataset.collater(samples)
 
 
 class CachedTargetsDataset(BaseWrapperDataset):
@@ -127,19 +114,24 @@ class DistillationTask(AudioPretrainingTask):
         if cfg.speed.compile_layers:
             speed.compile_layers(self.teacher)
         info = describe(self.teacher, teacher_cfg)
+        self.teacher_model_cfg = teacher_cfg.model
         self.teacher_dim = info.dim
         self.teacher_depth = info.layers
-        bad = [t for t in cfg.teacher_layers if not 1 <= t <= info.layers]
+        self.teacher_layers = resolve_teacher_layers(cfg.teacher_layers, info.layers)
+        bad = [t for t in self.teacher_layers if not 1 <= t <= info.layers]
         if bad:
             raise ValueError(
-                f"task.teacher_layers={list(cfg.teacher_layers)}: layer(s) {bad} beyond the teacher's "
-                f"{info.layers} layers ({cfg.teacher_checkpoint}); use indices in 1..{info.layers}")
+                f"task.teacher_layers={self.teacher_layers}: layer(s) {bad} beyond the teacher's "
+                f"{info.layers} layers ({cfg.teacher_checkpoint}); use indices in 1..{info.layers}, or "
+                "task.teacher_layers=auto (its thirds), in the preset or as an override")
         teacher_normalize = bool(teacher_cfg.task.get("normalize", False))
         if bool(cfg.normalize) != teacher_normalize:
             raise ValueError(
                 f"task.normalize={cfg.normalize}, but the teacher {cfg.teacher_checkpoint} was trained with "
                 f"normalize={teacher_normalize}; set task.normalize={teacher_normalize}")
         logger.info("teacher %s: %s", cfg.teacher_checkpoint, info.summary())
+        logger.info("distilling teacher layers %s of %d (task.teacher_layers=%s)",
+                    ", ".join(map(str, self.teacher_layers)), info.layers, cfg.teacher_layers)
         # Planned in build_model, once the student's final depth is known.
         self.stages: list[growth.Stage] | None = None
         self.start_depth: int | None = None
@@ -149,16 +141,16 @@ class DistillationTask(AudioPretrainingTask):
     @property
     def num_targets(self) -> int:
         """Distillation targets: the teacher's last layer, then each of `teacher_layers`."""
-        return 1 + len(self.cfg.teacher_layers)
+        return 1 + len(self.teacher_layers)
 
     @property
     def target_layers(self) -> list[int]:
         """The teacher layers the loss reads (and a teacher cache stores): its last and `teacher_layers`."""
-        return sorted({self.teacher_depth, *self.cfg.teacher_layers})
+        return sorted({self.teacher_depth, *self.teacher_layers})
 
     @property
     def deepest_teacher_layer(self) -> int:
-        return max([self.teacher_depth, *self.cfg.teacher_layers])
+        return max([self.teacher_depth, *self.teacher_layers])
 
     def build_model(self, cfg, from_checkpoint=False):
         g = self.cfg.growth
@@ -175,19 +167,36 @@ class DistillationTask(AudioPretrainingTask):
             self.start_depth = self.stages[0].depth
         logger.info("growth (%s, %s): %s", g.operator, g.schedule,
                     ", ".join(f"depth {s.depth} from update {s.start_update}" for s in self.stages))
+        if self.cfg.speed.share_teacher_cnn:
+            self._student_cnn_like_teachers(cfg)
         model = super().build_model(cfg, from_checkpoint)
         if self.cfg.speed.pos_conv_fp32:
             speed.keep_pos_conv_fp32(model)
         if self.cfg.speed.share_teacher_cnn:
             if not model.copy_cnn_from(self.teacher):
-                raise ValueError(f"task.speed.share_teacher_cnn=true needs the student's CNN (model.conv_feature_layers="
-                                 f"{cfg.conv_feature_layers!r}) to have the teacher's shapes ({self.cfg.teacher_checkpoint})")
+                raise ValueError(
+                    f"task.speed.share_teacher_cnn=true: the teacher's CNN ({self.cfg.teacher_checkpoint}) does not "
+                    f"fit the student's (model.conv_feature_layers={cfg.conv_feature_layers!r}); set "
+                    "task.speed.share_teacher_cnn=false, in the preset or as an override")
             model.feature_extractor.requires_grad_(False)
             model.layer_norm.requires_grad_(False)
         speed.contiguous_layer_inputs(model)
         if self.cfg.speed.compile_layers:
             speed.compile_layers(model)
         return model
+
+    def _student_cnn_like_teachers(self, cfg) -> None:
+        """A shared CNN is the teacher's: the student's CNN settings follow the teacher's, whatever the
+        preset says (written into the model config, so checkpoints and exports rebuild that CNN)."""
+        for key in ("conv_feature_layers", "extractor_mode", "conv_bias"):
+            theirs, mine = self.teacher_model_cfg.get(key), getattr(cfg, key)
+            if theirs is None:
+                continue
+            theirs = theirs if isinstance(theirs, bool) else str(theirs)  # extractor_mode: an enum in fairseq's cfg
+            if theirs == mine:
+                continue
+            logger.info("model.%s=%r -> %r, the teacher's (task.speed.share_teacher_cnn)", key, mine, theirs)
+            setattr(cfg, key, theirs)
 
     def load_dataset(self, split: str, task_cfg: FairseqDataclass = None, **kwargs):
         super().load_dataset(split, task_cfg, **kwargs)
@@ -196,7 +205,11 @@ class DistillationTask(AudioPretrainingTask):
                              f"(none between min_sample_size={self.cfg.min_sample_size} and the batch limits)")
         if self.cfg.speed.teacher_cache:
             self.datasets[split] = self._with_cached_targets(split, self.datasets[split])
-        self.datasets[split] = SeededCollater(self.datasets[split], self.cfg.seed)
+        self.datasets[split] = crops.EpochSeededCrops(self.datasets[split], self.cfg.seed,
+                                                      self.cfg.max_sample_size or sys.maxsize)
+
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        return crops.tag_with_epoch(super().get_batch_iterator(dataset, *args, **kwargs))
 
     def _with_cached_targets(self, split: str, dataset) -> CachedTargetsDataset:
         cfg = self.cfg
@@ -308,6 +321,16 @@ class DistillationTask(AudioPretrainingTask):
         sample["teacher"] = self.teacher_targets(sample)
         with speed.autocast(sample["net_input"]["source"].device, self.cfg.speed.student_precision):
             return super().valid_step(sample, model, criterion)
+
+
+def resolve_teacher_layers(spec, depth: int) -> list[int]:
+    """`task.teacher_layers` for a teacher of `depth` layers: 'auto' is its thirds (the paper's
+    4/8/12 of 12 at any depth); a list is taken as given."""
+    if spec == "auto":
+        return sorted({max(1, round(k * depth / 3)) for k in (1, 2, 3)})
+    if isinstance(spec, str):
+        raise ValueError(f"task.teacher_layers={spec!r}: 'auto' or a list of 1-based teacher layers")
+    return [int(t) for t in spec]
 
 
 def _check_replicas_agree(student) -> None:

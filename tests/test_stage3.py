@@ -1,0 +1,75 @@
+"""Stage 3's runs: a preset that does not grow runs once, the operators compared come from the
+preset, and `run.sh --distill-args` reaches fairseq-hydra-train."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO, recipe_env, run
+
+GROWTH = ["interleaved", "stack_top", "midas", "none"]
+PRESET_RUNS = {"tiny": GROWTH, "paper": GROWTH, "deep_narrow": ["none"], "wide_shallow": ["none"],
+               "distilhubert": ["none"]}
+
+
+def runs(preset: str, operators: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "local.distill.runs", "--preset", preset, "--operators", operators],
+                          cwd=REPO, env=recipe_env(), capture_output=True, text=True)
+
+
+def test_every_preset_is_listed():
+    presets = sorted(p.stem for p in (REPO / "conf/distill").glob("*.yaml") if not p.name.startswith("_"))
+    assert presets == sorted(PRESET_RUNS)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESET_RUNS))
+def test_each_preset_runs_what_it_says(preset):
+    proc = runs(preset)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == PRESET_RUNS[preset]
+
+
+def test_operators_asked_for_are_run():
+    assert runs("tiny", "midas none").stdout.split() == ["midas", "none"]
+    assert runs("deep_narrow", "interleaved").stdout.split() == ["interleaved"]  # 12 layers: it can grow
+
+
+@pytest.mark.parametrize("preset", ["distilhubert", "wide_shallow"])
+def test_growth_asked_of_a_student_that_cannot_grow_is_refused(preset):
+    proc = runs(preset, "interleaved stack_top")
+    assert proc.returncode != 0
+    assert f"conf/distill/{preset}.yaml" in proc.stderr and "cannot grow" in proc.stderr, proc.stderr
+
+
+def test_unknown_preset_is_refused():
+    proc = runs("papr")
+    assert proc.returncode != 0 and "conf/distill/papr.yaml" in proc.stderr, proc.stderr
+
+
+SMALL = ("model.encoder_embed_dim=48 model.encoder_ffn_embed_dim=96 model.encoder_attention_heads=2 "
+         "model.conv_feature_layers='[(32,10,5)]+[(32,3,2)]*4+[(32,2,2)]*2' task.max_sample_size=24000 "
+         "task.min_sample_size=4000 dataset.batch_size=4 dataset.num_workers=0 optimization.update_freq=[1] "
+         "optimization.max_update=2 lr_scheduler.warmup_updates=1 common.log_interval=1")
+
+
+def test_run_sh_distils_a_preset_that_does_not_grow_once(tiny_corpus, tiny_teacher, tmp_path):
+    """`./run.sh --stage 3 --preset distilhubert` (2 layers: below growth's start depth) trains one
+    run, with --distill-args after the recipe's own overrides."""
+    (tmp_path / "exp/teacher").mkdir(parents=True)
+    shutil.copy(tiny_teacher, tmp_path / "exp/teacher/teacher.pt")
+    proc = run(["./run.sh", "--stage", "3", "--stop-stage", "3", "--preset", "distilhubert",
+                "--expdir", str(tmp_path / "exp"), "--datadir", str(tiny_corpus / "data"), "--distill-args", SMALL])
+    distill_dir = tmp_path / "exp/distill"
+    assert sorted(p.name for p in distill_dir.iterdir() if p.is_dir()) == ["none"]
+    assert (distill_dir / "none/student.pt").exists()
+    log = (distill_dir / "none/train.log").read_text()
+    assert "growth (none, eql): depth 2 from update 0" in log
+    ckpt = torch.load(distill_dir / "none/checkpoints/checkpoint_last.pt", weights_only=False)
+    assert ckpt["optimizer_history"][-1]["num_updates"] == 2  # --distill-args came last
+    assert ckpt["cfg"]["model"]["encoder_layers"] == 2 and ckpt["cfg"]["model"]["encoder_embed_dim"] == 48
+    assert "none" in (distill_dir / "report.md").read_text()
+    assert "growth interleaved" not in proc.stdout
