@@ -51,6 +51,7 @@ export_upstream() {
 
 ./local/setup_env.sh
 . ./path.sh
+. ./cmd.sh  # how jobs run: train_cmd, cuda_cmd (local: utils/run.pl; slurm: utils/slurm.pl)
 # The runs of stage 3, named by growth operator; stages 4 and 5 read their students.
 operators=$(python -m local.distill.runs --preset "${preset}" --operators "${operators}")
 
@@ -110,15 +111,17 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
   # Device and batch: the preset's utterances per update on any GPU count (local/distill/batch.py).
   read -r -a device_opts <<< "$(python -m local.distill.batch --preset "${preset}" --ngpu "${ngpu}")"
   read -r -a extra_opts <<< "${distill_args}"  # split on spaces, never globbed; last, so they win
+  if [ "${ngpu}" -gt 0 ]; then job_cmd="${cuda_cmd} --gpu ${ngpu}"; else job_cmd=${train_cmd}; fi
   for op in ${operators}; do
     run_dir=${distill_dir}/${op}
     log "Stage 3: distilling ${teacher_dir}/teacher.pt into conf/distill/${preset}.yaml, growth ${op} -> ${run_dir}"
     mkdir -p "${run_dir}"
-    fairseq-hydra-train --config-dir "${MAIN_ROOT}/conf" --config-name "distill/${preset}" \
+    # job_cmd (cmd.sh): utils/run.pl here or utils/slurm.pl, the output in train.log
+    # shellcheck disable=SC2086
+    ${job_cmd} "${run_dir}/train.log" fairseq-hydra-train --config-dir "${MAIN_ROOT}/conf" --config-name "distill/${preset}" \
       task.data="${manifests}" task.teacher_checkpoint="${teacher_dir}/teacher.pt" task.growth.operator="${op}" \
       dataset.train_subset="${train_set}" dataset.valid_subset="${valid_set}" "${device_opts[@]}" \
-      checkpoint.save_dir="${run_dir}/checkpoints" hydra.run.dir="${run_dir}/hydra" "${extra_opts[@]}" \
-      2>&1 | tee -a "${run_dir}/train.log"
+      checkpoint.save_dir="${run_dir}/checkpoints" hydra.run.dir="${run_dir}/hydra" "${extra_opts[@]}"
     python -m local.distill.finalize "${run_dir}/checkpoints/checkpoint_last.pt" "${run_dir}/student.pt"
   done
   log "Stage 3: comparing the runs -> ${distill_dir}/report.md, ${distill_dir}/loss_vs_wallclock.png"

@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, List
+from typing import Any, List, Optional
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
 from omegaconf import II
 
-from fairseq_plugin import crops, growth, speed, teacher_cache
+from fairseq_plugin import crops, growth, multinode, speed, teacher_cache
 from fairseq_plugin.checkpoints import describe, load_speech_model
 from fairseq_plugin.encoder_outputs import cnn_features, layer_outputs
 from fairseq_plugin.models.student import unwrap_student
@@ -69,6 +69,8 @@ class DistillationConfig(AudioPretrainingConfig):
     enable_padding: bool = field(default=True, metadata={"help": "pad batches (with a padding mask) instead of cropping"})
     growth: GrowthConfig = field(default_factory=GrowthConfig)
     speed: speed.SpeedConfig = field(default_factory=speed.SpeedConfig)
+    distributed_init_method: Optional[str] = II("distributed_training.distributed_init_method")
+    distributed_world_size: int = II("distributed_training.distributed_world_size")
 
 
 class CachedTargetsDataset(BaseWrapperDataset):
@@ -102,6 +104,12 @@ class CachedTargetsDataset(BaseWrapperDataset):
 @register_task("hubert_distillation", dataclass=DistillationConfig)
 class DistillationTask(AudioPretrainingTask):
     cfg: DistillationConfig
+
+    @classmethod
+    def setup_task(cls, cfg: DistillationConfig, **kwargs):
+        if not kwargs.get("from_checkpoint"):  # training, not a checkpoint being loaded elsewhere
+            multinode.check_launch(cfg.distributed_init_method, cfg.distributed_world_size)
+        return super().setup_task(cfg, **kwargs)
 
     def __init__(self, cfg: DistillationConfig):
         super().__init__(cfg)
