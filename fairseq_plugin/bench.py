@@ -102,11 +102,6 @@ COMPILED = ("plugin_compiled", dataclasses.replace(LEVERS_ON, compile_layers=Tru
 STACKING = {"levers_off": LEVERS_OFF, "levers_on": LEVERS_ON, "levers_on_cached": VARIANTS["plugin_all_cached"][0]}
 
 
-def teacher_layers(depth: int) -> list[int]:
-    """The paper's 4/8/12 of 12, at the same relative depths for other teachers."""
-    return sorted({max(1, round(depth * k / 3)) for k in (1, 2, 3)})
-
-
 def write_teacher(size: Size, path: Path) -> None:
     layers, dim, ffn, heads = size.teacher
     hcfg = HubertConfig(encoder_layers=layers, encoder_embed_dim=dim, encoder_ffn_embed_dim=ffn,
@@ -123,7 +118,7 @@ def build(size: Size, data: Path, levers: SpeedConfig, device: torch.device):
     cfg = OmegaConf.structured(FairseqConfig)  # the root the task config's ${common.seed} etc. refer to
     samples = int(size.seconds * 16000)
     cfg.task = DistillationConfig(
-        data=str(data), teacher_checkpoint=str(data / "teacher.pt"), teacher_layers=teacher_layers(size.teacher[0]),
+        data=str(data), teacher_checkpoint=str(data / "teacher.pt"), teacher_layers="auto",
         speed=levers, max_sample_size=samples, min_sample_size=samples, growth=GrowthConfig(operator="none"))
     cfg.optimization.max_update = 1
     task = DistillationTask(cfg.task)
@@ -199,7 +194,7 @@ def eager_step(task, model, optimizer: torch.optim.Optimizer, batch) -> None:
     s_layers = model(source, padding_mask)["layers"]
     loss = F.mse_loss(model.heads[0](s_layers[-1]), t_layers[-1])
     terms = [F.mse_loss(model.heads[k](s_layers[student_layer_for(t, task.teacher_depth, len(s_layers)) - 1]),
-                        t_layers[t - 1]) for k, t in enumerate(task.cfg.teacher_layers, start=1)]
+                        t_layers[t - 1]) for k, t in enumerate(task.teacher_layers, start=1)]
     loss = loss + 0.5 * torch.stack(terms).mean()
     loss.backward()
     optimizer.step()
