@@ -15,7 +15,7 @@ $(sed -n '/^stage=/,/^superb_config=/p' "$0" | sed 's/^\([a-z_]*\)=/  --\1 /; :d
 
 stage=1
 stop_stage=5
-ngpu=0                      # GPUs for distillation (0: CPU)
+ngpu=0                      # GPUs for stages 3-5 (0: CPU)
 nj=2                        # parallel jobs (data prep, mini-SUPERB upstreams)
 librispeech_root=""         # LibriSpeech in its own layout; empty: the embedded espeak-ng corpus
 librispeech_splits="train-clean-100 dev-clean test-clean"
@@ -39,13 +39,17 @@ cd "$(dirname "$0")"
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (${0##*/}:${BASH_LINENO[0]}) $*"; }
 abspath() { realpath -m "$1"; }
 # export_upstream SRC NAME [--random-init]: a teacher or student as fairseq HuBERT + S3PRL checkpoints
-# in ${upstream_dir}/NAME, shared by stages 4 and 5; kept while newer than SRC.
+# in ${upstream_dir}/NAME, shared by stages 4 and 5; kept while its stamp (SRC's sha256 and the
+# export options) is current: a re-distilled SRC is exported again, whatever the file times say.
 export_upstream() {
-  local out=${upstream_dir}/$2
-  if [ "${out}/s3prl.pt" -nt "$1" ] && [ "${out}/hubert.pt" -nt "$1" ]; then
+  local out=${upstream_dir}/$2 key
+  key=$(python -m local.stamp --file source="$1" --value options="--formats fairseq s3prl ${*:3}")
+  if [ -f "${out}/.stamp.json" ] && [ "$(cat "${out}/.stamp.json")" = "${key}" ]; then
     log "upstream ${out} is up to date with $1"
   else
+    rm -f "${out}/.stamp.json"  # the export rewrites its files one by one: no stamp until all are in place
     python -m fairseq_plugin.export "$1" "${out}" --formats fairseq s3prl "${@:3}"
+    echo "${key}" > "${out}/.stamp.json"
   fi
 }
 
@@ -134,12 +138,14 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
   export_upstream "${teacher_dir}/teacher.pt" teacher
   export_upstream "${distill_dir}/${student_op}/student.pt" "${student_op}"
   export_upstream "${distill_dir}/${student_op}/student.pt" random_init --random-init
+  exps=()
   for tag in teacher "${student_op}" random_init; do
     local/asr/asr.sh --tag "${tag}" --upstream-dir "${upstream_dir}/${tag}" --config "${asr_config}" --nbpe "${nbpe}" \
       --datadir "${datadir}" --train-set "${train_set}" --valid-set "${valid_set}" --test-set "${test_set}" \
-      --asr-dir "${asr_dir}"
+      --asr-dir "${asr_dir}" --ngpu "${ngpu}"
+    exps+=("${tag}=${asr_dir}/asr_$(basename "${asr_config}" .yaml)_${tag}_bpe${nbpe}")  # asr.sh's name for it
   done
-  python -m local.asr.report "${asr_dir}" --tags teacher "${student_op}" random_init --test-set "${test_set}"
+  python -m local.asr.report "${asr_dir}" --exps "${exps[@]}" --test-set "${test_set}"
 fi
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ] && [ -n "${librispeech_root}" ]; then
   log "Stage 5: mini-SUPERB needs the embedded corpus's phone, keyword and speaker labels; for SUPERB"
@@ -157,6 +163,6 @@ elif [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
   done
   log "Stage 5: mini-SUPERB (${superb_config}: PR, ASR, KS, SID) -> ${superb_dir}/results.{md,csv}, layer_weights.png"
   python -m local.superb.run --config "${superb_config}" --datadir "${datadir}" --out "${superb_dir}" \
-    --nj "${nj}" "${upstreams[@]}"
+    --nj "${nj}" --ngpu "${ngpu}" "${upstreams[@]}"
 fi
 log "Finished stages ${stage}-${stop_stage}"

@@ -193,6 +193,6 @@ def test_espnet_asr_killed_then_rerun_gives_the_same_result(tiny_corpus, tiny_st
     run(cmd(tmp_path / "uninterrupted"))
     kill_when(cmd(tmp_path / "killed"), lambda: True, (time.time() - start) / 2)
     run(cmd(tmp_path / "killed"))
-    decoded = "student/decode_test/1best_recog/text"
+    decoded = "asr_tiny_s3prl_student_bpe30/decode_ctc_greedy_valid.loss.ave/test/1best_recog/text"
     assert (tmp_path / "killed" / decoded).read_text() == (tmp_path / "uninterrupted" / decoded).read_text()
     assert not list((tmp_path / "killed").rglob(".*.tmp-*")), "no temporary dirs left behind"

@@ -5,8 +5,10 @@
 
 Trains on `train`, reports on `test` with a fixed budget per task (no model selection on dev).
 Writes `<out>/results.md`, `<out>/results.csv` and `<out>/layer_weights.png`; each upstream's
-scores are kept in `<out>/<name>/scores.json`, so a rerun only does what is missing. Upstreams
-are evaluated `--nj` at a time, one thread each (small heads use cores better side by side).
+scores are kept in `<out>/<name>/scores.json` with a stamp of what made them (the upstream file,
+the data and the config: `local/stamp.py`), so a rerun only does what is missing or stale.
+Upstreams are evaluated `--nj` at a time, one thread each (small heads use cores better side by
+side); with `--ngpu` > 0 the upstream's forward runs on the GPU, when there is one.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch
 import yaml
 
 from fairseq_plugin.atomic_io import atomic_save, atomic_write_text
+from local import stamp
 from local.data.kaldi import read_dict
 from local.superb import downstream, features
 
@@ -56,13 +59,24 @@ def _classification_task(task: dict, labels: dict, feats: dict, seed: int) -> tu
     return 100.0 * sum(classes[p] == labels["test"][u] for p, u in zip(preds, test_utts)) / len(test_utts), model
 
 
-def evaluate(name: str, ckpt: Path, cfg: dict, data: Path, out: Path, threads: int = 0) -> dict:
-    scores_file = out / name / "scores.json"
-    if scores_file.is_file():
+def inputs_key(ckpt: Path, cfg: dict, data: Path) -> str:
+    """What an upstream's scores are made from; stage 1's stamp says where the audio came from."""
+    files = {"upstream": ckpt, "train": data / "train", "test": data / "test"}
+    if (data / ".prepared.json").is_file():
+        files["prepared"] = data / ".prepared.json"
+    return stamp.make_key(files, {"config": cfg})
+
+
+def evaluate(name: str, ckpt: Path, cfg: dict, data: Path, out: Path, threads: int = 0, ngpu: int = 0) -> dict:
+    scores_file, stamp_file = out / name / "scores.json", out / name / stamp.STAMP
+    key = inputs_key(ckpt, cfg, data)
+    if scores_file.is_file() and stamp.is_current(stamp_file, key):
         return json.loads(scores_file.read_text())
+    stamp_file.unlink(missing_ok=True)  # no stamp until the new scores are in place
     if threads:
         torch.set_num_threads(threads)
-    feats = {split: features.extract(ckpt, data / split, cfg["feature_batch"]) for split in ("train", "test")}
+    device = features.pick_device(ngpu)
+    feats = {split: features.extract(ckpt, data / split, cfg["feature_batch"], device) for split in ("train", "test")}
     scores, weights = {}, {}
     for task_name, task in cfg["tasks"].items():
         labels = {split: read_dict(data / split / task["labels"]) for split in ("train", "test")}
@@ -74,6 +88,7 @@ def evaluate(name: str, ckpt: Path, cfg: dict, data: Path, out: Path, threads: i
         weights[task_name] = model.featurizer.weights.softmax(0).tolist()
     result = {"scores": scores, "layer_weights": weights}
     atomic_write_text(scores_file, json.dumps(result, indent=2))
+    atomic_write_text(stamp_file, key)
     print(f"mini-SUPERB: {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()), flush=True)
     return result
 
@@ -120,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("exp/superb"))
     parser.add_argument("--upstream", action="append", required=True, metavar="NAME=S3PRL_CKPT")
     parser.add_argument("--nj", type=int, default=1, help="upstreams evaluated at once, one thread each")
+    parser.add_argument("--ngpu", type=int, default=0, help="> 0: extract features on the GPU (heads stay on the CPU)")
     args = parser.parse_args(argv)
     cfg = yaml.safe_load(args.config.read_text())
     upstreams = dict(item.partition("=")[::2] for item in args.upstream)
@@ -127,11 +143,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"mini-SUPERB: {name} ({ckpt})", flush=True)
     if args.nj > 1:
         with ProcessPoolExecutor(args.nj, mp_context=multiprocessing.get_context("spawn")) as pool:
-            jobs = {name: pool.submit(evaluate, name, Path(ckpt), cfg, args.datadir, args.out, 1)
+            jobs = {name: pool.submit(evaluate, name, Path(ckpt), cfg, args.datadir, args.out, 1, args.ngpu)
                     for name, ckpt in upstreams.items()}
             results = {name: job.result() for name, job in jobs.items()}
     else:
-        results = {name: evaluate(name, Path(ckpt), cfg, args.datadir, args.out) for name, ckpt in upstreams.items()}
+        results = {name: evaluate(name, Path(ckpt), cfg, args.datadir, args.out, ngpu=args.ngpu)
+                   for name, ckpt in upstreams.items()}
     print(write_reports(results, args.out), end="")
 
 
