@@ -1,9 +1,13 @@
 """Switches that make a distillation step cheaper (`task.speed.*`), and what they do.
 
-- `teacher_precision` / `student_precision`: run the teacher's forward, and the student's
-  forward and backward, under `torch.autocast` (bf16 or fp16). Parameters, optimizer state and
+- `teacher_precision` / `student_precision`: run the teacher's forward (bf16 or fp16), and the
+  student's forward and backward (bf16), under `torch.autocast`. Parameters, optimizer state and
   the loss stay fp32, so the optimizer keeps fp32 master weights; fairseq's own non-finite
   handling (and `criterion.nonfinite`) applies unchanged. Off by default: it changes numerics.
+  The student's autocast is entered by the criterion, inside fairseq's train_step, whose
+  `torch.cuda.amp.autocast(enabled=False)` would switch off one set around the step. fp16 for
+  the student would need a grad scaler: use fairseq's `common.fp16` for that (the whole model in
+  fp16, fp32 master weights, loss scaling).
 - `pos_conv_fp32`: keep the convolutional positional embedding (grouped conv1d, kernel 128) in
   fp32 inside autocast. In bf16 it is the slowest op of a HuBERT layer stack on GPUs; in fp32
   it is ~10x faster there. On by default: outside autocast it changes nothing.
@@ -39,7 +43,7 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 @dataclass
 class SpeedConfig(FairseqDataclass):
     teacher_precision: str = field(default="fp32", metadata={"help": "teacher forward: fp32, bf16 or fp16 autocast"})
-    student_precision: str = field(default="fp32", metadata={"help": "student forward/backward: fp32, bf16 or fp16 autocast"})
+    student_precision: str = field(default="fp32", metadata={"help": "student forward/backward: fp32 or bf16 autocast"})
     pos_conv_fp32: bool = field(default=True, metadata={"help": "keep the positional conv in fp32 under autocast"})
     share_teacher_cnn: bool = field(
         default=False, metadata={"help": "student uses the teacher's (frozen) CNN; the CNN runs once per batch"})
@@ -54,6 +58,10 @@ def check(cfg: SpeedConfig) -> None:
     for key in ("teacher_precision", "student_precision"):
         if getattr(cfg, key) not in PRECISIONS:
             raise ValueError(f"task.speed.{key}={getattr(cfg, key)!r}: choose one of {', '.join(PRECISIONS)}")
+    if cfg.student_precision == "fp16":  # the teacher's is fine: it has no gradients
+        raise ValueError("task.speed.student_precision=fp16 would train without a grad scaler (small fp16 gradients "
+                         "flush to zero); use task.speed.student_precision=bf16, or fairseq's own fp16 training "
+                         "with loss scaling: common.fp16=true (CUDA)")
 
 
 def autocast(device: torch.device, precision: str):
@@ -65,8 +73,10 @@ def autocast(device: torch.device, precision: str):
 
 
 def _fp32_forward(self, x: torch.Tensor) -> torch.Tensor:
+    # In the weights' dtype: fp32, unless fairseq's common.fp16/bf16 cast the whole model.
+    dtype = next(self.parameters()).dtype
     with torch.autocast(device_type=x.device.type, enabled=False):
-        return torch.nn.Sequential.forward(self, x.float()).to(x.dtype)
+        return torch.nn.Sequential.forward(self, x.to(dtype)).to(x.dtype)
 
 
 def keep_pos_conv_fp32(model: torch.nn.Module) -> None:

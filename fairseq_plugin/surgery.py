@@ -105,3 +105,22 @@ def grow_student(student, optimizer, order: list[int]) -> None:
             key.view(-1)[off:off + n].copy_(master)
             _restore(inner, key, off, n, state)
     student.depth.fill_(len(order))
+
+
+def replicated_tensors(student, optimizer) -> list[tuple[str, torch.Tensor | None]]:
+    """What every data-parallel replica must hold alike, by name: each parameter, its fp32 master
+    copy (where fairseq keeps one) and its Adam moments (None before the parameter's first step)."""
+    inner = _inner_optimizer(optimizer) if optimizer is not None else None
+    slots = _master_slots(optimizer, list(student.parameters()))
+    tensors = []
+    for name, p in student.named_parameters():
+        tensors.append((name, p))
+        if p not in slots:  # frozen: the optimizer has no copy of it
+            continue
+        key, off, n = slots[p]
+        if key is not p:
+            tensors.append((f"{name} (fp32 master)", key.view(-1)[off:off + n]))
+        state = inner.state.get(key, {}) if inner is not None else {}
+        for moment in ("exp_avg", "exp_avg_sq"):
+            tensors.append((f"{name} ({moment})", state[moment].view(-1)[off:off + n] if moment in state else None))
+    return tensors

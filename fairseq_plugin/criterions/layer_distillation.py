@@ -21,6 +21,7 @@ from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
+from fairseq_plugin import speed
 from fairseq_plugin.models.student import unwrap_student
 
 
@@ -61,6 +62,12 @@ class LayerDistillationCriterion(FairseqCriterion):
         return F.l1_loss(pred, target) - self.cfg.cosine_weight * F.logsigmoid(cos).mean()
 
     def forward(self, model, sample, reduce=True):
+        # The student's precision is set here, not around the step: fairseq's train_step runs the
+        # criterion under torch.cuda.amp.autocast(enabled=False), which would switch it off on CUDA.
+        with speed.autocast(sample["net_input"]["source"].device, self.task.cfg.speed.student_precision):
+            return self._loss(model, sample)
+
+    def _loss(self, model, sample):
         out = model(**sample["net_input"])
         student = unwrap_student(model)
         layers, padding_mask = out["layers"], out["padding_mask"]

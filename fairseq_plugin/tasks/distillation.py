@@ -31,7 +31,7 @@ from fairseq_plugin import crops, growth, multinode, speed, teacher_cache
 from fairseq_plugin.checkpoints import describe, load_speech_model
 from fairseq_plugin.encoder_outputs import cnn_features, layer_outputs
 from fairseq_plugin.models.student import unwrap_student
-from fairseq_plugin.surgery import grow_student
+from fairseq_plugin.surgery import grow_student, replicated_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,10 @@ class DistillationConfig(AudioPretrainingConfig):
     enable_padding: bool = field(default=True, metadata={"help": "pad batches (with a padding mask) instead of cropping"})
     growth: GrowthConfig = field(default_factory=GrowthConfig)
     speed: speed.SpeedConfig = field(default_factory=speed.SpeedConfig)
+    # fairseq settings the task checks before training (read here; set them in their own groups)
+    fp16: bool = II("common.fp16")
+    ddp_backend: str = II("distributed_training.ddp_backend")
+    find_unused_parameters: bool = II("distributed_training.find_unused_parameters")
     distributed_init_method: Optional[str] = II("distributed_training.distributed_init_method")
     distributed_world_size: int = II("distributed_training.distributed_world_size")
 
@@ -114,6 +118,7 @@ class DistillationTask(AudioPretrainingTask):
     def __init__(self, cfg: DistillationConfig):
         super().__init__(cfg)
         speed.check(cfg.speed)
+        _check_fairseq_settings(cfg)
         self.teacher, teacher_cfg, _ = load_speech_model(cfg.teacher_checkpoint)
         self.teacher.requires_grad_(False)
         if cfg.speed.pos_conv_fp32:
@@ -253,16 +258,20 @@ class DistillationTask(AudioPretrainingTask):
         with torch.no_grad(), speed.autocast(source.device, self.cfg.speed.teacher_precision):
             yield self.teacher
 
+    def _teacher_input(self, sample) -> torch.Tensor:
+        """The batch's audio in the teacher's dtype: fairseq's common.fp16/bf16 cast it to the student's."""
+        return sample["net_input"]["source"].to(next(self.teacher.parameters()).dtype)
+
     def teacher_outputs(self, sample) -> dict[int, torch.Tensor]:
         """Teacher layer outputs keyed by 1-based layer, for the layers the loss needs. With
         `speed.share_teacher_cnn`, also puts the CNN features into the student's input."""
-        source = sample["net_input"]["source"]
+        source = self._teacher_input(sample)
         with self._frozen_teacher_on(source) as teacher:
             features = cnn_features(teacher, source)
             layers, _ = layer_outputs(teacher, source, sample["net_input"].get("padding_mask"),
                                       self.deepest_teacher_layer, features=features)
         if self.cfg.speed.share_teacher_cnn:
-            sample["net_input"]["features"] = features.float()
+            sample["net_input"]["features"] = features.to(sample["net_input"]["source"].dtype)  # the student's
         return {i: layers[i - 1] for i in self.target_layers}
 
     def teacher_targets(self, sample) -> dict[int, torch.Tensor]:
@@ -275,9 +284,10 @@ class DistillationTask(AudioPretrainingTask):
         if sample["targets_from_cache"]:
             targets = sample["cached_teacher"]
             if self.cfg.speed.share_teacher_cnn:
-                source = sample["net_input"]["source"]
+                source = self._teacher_input(sample)
                 with self._frozen_teacher_on(source) as teacher:
-                    sample["net_input"]["features"] = cnn_features(teacher, source).float()
+                    features = cnn_features(teacher, source)
+                sample["net_input"]["features"] = features.to(sample["net_input"]["source"].dtype)
         else:  # rounded as the cache stores them, so a batch trains the same whether read or computed
             targets = {k: v.to(torch.float16) for k, v in self.teacher_outputs(sample).items()}
             cache.write(sample["id"], targets)
@@ -300,7 +310,7 @@ class DistillationTask(AudioPretrainingTask):
             logger.info("growth at update %d: depth %d -> %d, layer order %s%s", update_num, depth,
                         student.live_depth, order,
                         f", loss on this batch {before:.4f} -> {after:.4f}" if before is not None else "")
-            _check_replicas_agree(student)
+            _check_replicas_agree(student, optimizer)
         if student.live_depth > want:
             raise RuntimeError(
                 f"the student has {student.live_depth} layers at update {update_num}, but the growth schedule "
@@ -318,17 +328,16 @@ class DistillationTask(AudioPretrainingTask):
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         sample["teacher"] = self.teacher_targets(sample)
         self._grow_if_due(sample, model, criterion, optimizer, update_num)
-        with speed.autocast(sample["net_input"]["source"].device, self.cfg.speed.student_precision):
-            loss, sample_size, logging_output = super().train_step(sample, model, criterion, optimizer, update_num,
-                                                                   ignore_grad)
+        # The student's precision is applied by the criterion (see there), in training, validation and probes alike.
+        loss, sample_size, logging_output = super().train_step(sample, model, criterion, optimizer, update_num,
+                                                               ignore_grad)
         if "targets_from_cache" in sample:
             logging_output["cached_targets"] = float(sample["targets_from_cache"])
         return loss, sample_size, logging_output
 
     def valid_step(self, sample, model, criterion):
         sample["teacher"] = self.teacher_targets(sample)
-        with speed.autocast(sample["net_input"]["source"].device, self.cfg.speed.student_precision):
-            return super().valid_step(sample, model, criterion)
+        return super().valid_step(sample, model, criterion)
 
 
 def resolve_teacher_layers(spec, depth: int) -> list[int]:
@@ -341,14 +350,53 @@ def resolve_teacher_layers(spec, depth: int) -> list[int]:
     return [int(t) for t in spec]
 
 
-def _check_replicas_agree(student) -> None:
-    """After a growth, all data-parallel replicas must hold the same weights; check a checksum."""
+def _check_fairseq_settings(cfg: DistillationConfig) -> None:
+    """Refuse, before training, fairseq settings that would fail later with a growing student."""
+    if cfg.fp16 and not torch.cuda.is_available():
+        raise ValueError("common.fp16=true needs a CUDA device (fairseq's FP16Optimizer keeps its fp32 master copy "
+                         "there); on CPU use common.bf16=true, or bf16 autocast: task.speed.student_precision=bf16")
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not (distributed and torch.distributed.get_world_size() > 1 and cfg.ddp_backend in ("c10d", "pytorch_ddp")):
+        return
+    if cfg.find_unused_parameters:
+        why = ("with find_unused_parameters=true it fails at the first backward, as the criterion runs the "
+               "distillation heads outside the model's forward")
+    elif cfg.growth.operator != "none":
+        why = "layers not grown yet get no gradient, and without find_unused_parameters it fails at the second step"
+    else:
+        return  # every layer and head gets a gradient at every step
+    raise ValueError(f"distributed_training.ddp_backend={cfg.ddp_backend} (PyTorch's DDP) cannot train this student: "
+                     f"{why}; use distributed_training.ddp_backend=legacy_ddp (fairseq's own), as the presets do")
+
+
+def replica_checksums(student, optimizer) -> tuple[list[str], torch.Tensor]:
+    """One checksum per tensor that replicas must share (`surgery.replicated_tensors`): sum(t * i)
+    over positions i, so that a reordering shows; NaN for a tensor not there yet."""
+    device = next(student.parameters()).device
+    names, sums = [], []
+    for name, t in replicated_tensors(student, optimizer):
+        names.append(name)
+        if t is None:
+            sums.append(torch.tensor(float("nan"), dtype=torch.float64, device=device))
+            continue
+        flat = t.detach().reshape(-1).double()
+        position = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
+        sums.append((flat * position).sum().to(device))
+    return names, torch.stack(sums)
+
+
+def _check_replicas_agree(student, optimizer) -> None:
+    """After a growth, all data-parallel replicas must hold the same weights and optimizer state."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
-    checksum = torch.stack([p.detach().double().sum() for p in student.parameters()]).sum().reshape(1)
-    lo, hi = checksum.clone(), checksum.clone()
-    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
-    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
-    if lo.item() != hi.item():
-        raise RuntimeError(f"replicas disagree after growth (weight checksums {lo.item()} vs {hi.item()})")
-    logger.info("replicas agree after growth (rank %d, checksum %.6f)", torch.distributed.get_rank(), lo.item())
+    names, mine = replica_checksums(student, optimizer)
+    every = [torch.empty_like(mine) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(every, mine)
+    bits = torch.stack(every).view(torch.int64)  # compared bit for bit, so that NaNs (no state yet) agree
+    differ = (bits != bits[0]).any(dim=0).nonzero().flatten().tolist()
+    if differ:
+        ranks = [r for r in range(len(every)) if bits[r, differ[0]] != bits[0, differ[0]]]
+        raise RuntimeError(f"replicas disagree after growth: {names[differ[0]]} on rank(s) {ranks} differs from "
+                           f"rank 0's ({len(differ)} of {len(names)} tensors differ)")
+    logger.info("replicas agree after growth (rank %d): %d tensors checked (weights, master copies, Adam moments)",
+                torch.distributed.get_rank(), len(names))
