@@ -3,9 +3,9 @@
 Loading itself is fairseq's `checkpoint_utils.load_model_ensemble_and_task`; this module only
 looks at the file first, so that a wrong file fails with a message naming it and saying what it
 is, instead of a KeyError deep inside fairseq's upgrade code. Every read goes through torch's
-safe unpickler (`weights_only=True`, with the few classes fairseq needs: `safe_globals.py`), and
-the CNN spec a checkpoint carries is checked against fairseq's grammar (`conv_spec.py`) before
-fairseq evaluates it: a downloaded file cannot run code here.
+safe unpickler (`weights_only=True`, with the few classes fairseq needs, allowed when the plugin
+package is imported: `safe_globals.py`), and the CNN spec a checkpoint carries is checked against
+fairseq's grammar (`conv_spec.py`) before fairseq evaluates it: a downloaded file cannot run code here.
 """
 from __future__ import annotations
 
@@ -19,9 +19,6 @@ from typing import Any
 import torch
 
 from fairseq_plugin import conv_spec
-from fairseq_plugin.safe_globals import allow_fairseq_checkpoints
-
-allow_fairseq_checkpoints()
 
 # Pre-trained (self-supervised) speech models whose encoders we can distil from or export to.
 SPEECH_SSL_MODELS = ("hubert", "wav2vec2", "data2vec_audio")
@@ -101,10 +98,10 @@ def model_config(state: dict) -> Any:
     return _get(state.get("cfg"), "model") or state.get("args")
 
 
-def check_conv_spec(state: dict, path: str | Path) -> None:
-    """Refuse a checkpoint whose `conv_feature_layers` is not fairseq's grammar: fairseq evals it."""
+def check_conv_spec(model_cfg: Any, path: str | Path) -> None:
+    """Refuse a model config whose `conv_feature_layers` is not fairseq's grammar: fairseq and S3PRL eval it."""
     try:
-        conv_spec.check(model_config(state) or {}, str(path))
+        conv_spec.check(model_cfg or {}, str(path))
     except conv_spec.ConvSpecError as exc:
         raise CheckpointError(str(exc)) from None
 
@@ -113,7 +110,7 @@ def check_speech_checkpoint(path: str | Path) -> tuple[str, str]:
     """Raise CheckpointError unless `path` is a pre-trained fairseq speech SSL checkpoint."""
     state = read_checkpoint(path)
     model_name, task_name = model_and_task_names(state, path)
-    check_conv_spec(state, path)
+    check_conv_spec(model_config(state), path)
     if model_name in FINETUNED_MODELS:
         raise CheckpointError(
             f"{path}: a fine-tuned fairseq model ({model_name}); give the pre-trained checkpoint it was "
@@ -133,10 +130,7 @@ def check_s3prl_checkpoint(path: str | Path) -> dict:
     if missing:
         raise CheckpointError(f"{path}: not an S3PRL HuBERT checkpoint (no {', '.join(missing)}); "
                               "give the s3prl.pt that `python -m fairseq_plugin.export` writes")
-    try:
-        conv_spec.check(state["model_cfg"], str(path))
-    except conv_spec.ConvSpecError as exc:
-        raise CheckpointError(str(exc)) from None
+    check_conv_spec(state["model_cfg"], path)
     return state
 
 
@@ -147,7 +141,7 @@ def read_full_depth_student(path: str | Path) -> dict:
     if model_name != "growing_student":
         raise CheckpointError(f"{path}: a '{model_name}' checkpoint, not a distilled student (growing_student); "
                               "give a distillation run's student.pt or checkpoint_last.pt")
-    check_conv_spec(state, path)
+    check_conv_spec(model_config(state), path)
     depth, final = int(state["model"]["depth"]), int(state["cfg"]["model"]["encoder_layers"])
     if depth != final:
         updates = state["optimizer_history"][-1]["num_updates"]

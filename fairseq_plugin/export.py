@@ -67,6 +67,21 @@ def load_student(path: str | Path, random_init: bool = False) -> GrowingStudent:
     return student.eval()
 
 
+def plain_checkpoint(cfg, model: HubertModel, num_updates: int = 0) -> dict:
+    """The checkpoint dict fairseq's loader expects, holding `cfg` (as plain containers) and the
+    weights, and no pickled object: the label dictionaries are saved apart (`save_hubert`)."""
+    return {
+        "args": None,
+        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "model": model.state_dict(),
+        "criterion": None,
+        "optimizer_history": [{"criterion_name": "HubertCriterion", "optimizer_name": "FairseqAdam",
+                               "lr_scheduler_state": {}, "num_updates": num_updates}],
+        "extra_state": {"epoch": 1, "train_iterator": {"epoch": 1}, "val_loss": None},
+        "last_optimizer_state": None,
+    }
+
+
 def hubert_checkpoint(hcfg: HubertConfig, normalize: bool = False, weights: dict | None = None,
                       num_updates: int = 0) -> tuple[HubertModel, dict, list[Dictionary]]:
     """A fairseq HubertModel of shape `hcfg` (with `weights` loaded, if given: the encoder's only),
@@ -88,17 +103,7 @@ def hubert_checkpoint(hcfg: HubertConfig, normalize: bool = False, weights: dict
     cfg = OmegaConf.structured(FairseqConfig)
     cfg.task = OmegaConf.structured(task_cfg)
     cfg.model = OmegaConf.structured(hcfg)
-    state = {
-        "args": None,
-        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-        "model": model.state_dict(),
-        "criterion": None,
-        "optimizer_history": [{"criterion_name": "HubertCriterion", "optimizer_name": "FairseqAdam",
-                               "lr_scheduler_state": {}, "num_updates": num_updates}],
-        "extra_state": {"epoch": 1, "train_iterator": {"epoch": 1}, "val_loss": None},
-        "last_optimizer_state": None,
-    }
-    return model.eval(), state, [dictionary]
+    return model.eval(), plain_checkpoint(cfg, model, num_updates), [dictionary]
 
 
 def to_fairseq_hubert(student: GrowingStudent, normalize: bool = False) -> tuple[HubertModel, dict, list[Dictionary]]:
@@ -111,17 +116,7 @@ def teacher_checkpoint(path: Path) -> tuple[HubertModel, dict, list[Dictionary]]
     """A fairseq HuBERT teacher rewritten as the same plain checkpoint a student export is: its config
     and weights, the label dictionaries apart, and nothing else its file carried."""
     hubert, cfg, task = load_speech_model(path)
-    state = {
-        "args": None,
-        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-        "model": hubert.state_dict(),
-        "criterion": None,
-        "optimizer_history": [{"criterion_name": "HubertCriterion", "optimizer_name": "FairseqAdam",
-                               "lr_scheduler_state": {}, "num_updates": 0}],
-        "extra_state": {"epoch": 1, "train_iterator": {"epoch": 1}, "val_loss": None},
-        "last_optimizer_state": None,
-    }
-    return hubert, state, list(task.dictionaries)
+    return hubert, plain_checkpoint(cfg, hubert), list(task.dictionaries)
 
 
 def save_hubert(state: dict, dictionaries: list[Dictionary], path: Path) -> Path:

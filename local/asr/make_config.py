@@ -22,7 +22,7 @@ from fairseq_plugin.checkpoints import (CheckpointError, check_conv_spec, check_
 def fill(cfg: dict, export_dir: Path) -> dict:
     export_dir = export_dir.resolve()
     hubert = read_checkpoint(export_dir / "hubert.pt")
-    check_conv_spec(hubert, export_dir / "hubert.pt")
+    check_conv_spec(model_config(hubert), export_dir / "hubert.pt")
     width = int(model_config(hubert)["encoder_embed_dim"])
     if cfg.get("frontend") == "s3prl":
         check_s3prl_checkpoint(export_dir / "s3prl.pt")
