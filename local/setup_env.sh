@@ -13,11 +13,13 @@ cd "$(dirname "$0")/.."
 
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (setup_env) $*" >&2; }
 
-apt_packages="espeak-ng sox libsndfile1"
+apt_packages="espeak-ng sox libsndfile1 sctk"
 missing=""
 command -v espeak-ng >/dev/null || missing="espeak-ng"
 command -v sox >/dev/null || missing="${missing} sox"
 ldconfig -p 2>/dev/null | grep -q libsndfile.so.1 || missing="${missing} libsndfile1"
+# sctk: NIST's sclite, which scores stage 4 as ESPnet does; Debian keeps it in /usr/lib/sctk/bin.
+command -v sclite >/dev/null || [ -x /usr/lib/sctk/bin/sclite ] || missing="${missing} sctk"
 if [ -n "${missing}" ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"

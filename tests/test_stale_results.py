@@ -16,7 +16,9 @@ from local.superb import run as superb
 from tests.conftest import REPO, run
 
 # One output file per step of local/asr/asr.sh: a new or rewritten one means the step ran.
-ASR_OUTPUTS = {"bpe": "bpe.model", "stats": "speech_shape", "train": "checkpoint.pth", "decode": "score.json"}
+# Decoding and sclite's scoring are steps of their own, each with its stamp.
+ASR_OUTPUTS = {"bpe": "bpe.model", "stats": "speech_shape", "train": "checkpoint.pth", "decode": "token_int",
+               "score": "result.txt"}
 
 
 def outputs(root: Path) -> dict[str, dict[str, int]]:
@@ -27,10 +29,10 @@ def reran(before: dict, after: dict) -> set[str]:
     return {step for step in ASR_OUTPUTS if before[step] != after[step]}
 
 
-def asr(upstream: Path, config: Path, datadir: Path, asr_dir: Path) -> None:
+def asr(upstream: Path, config: Path, datadir: Path, asr_dir: Path, *extra: str) -> None:
     run(["bash", "local/asr/asr.sh", "--tag", "student", "--upstream-dir", str(upstream), "--config", str(config),
          "--datadir", str(datadir), "--asr-dir", str(asr_dir), "--ngpu", "0",
-         "--train-args", "--max_epoch 1 --batch_size 4"])
+         "--train-args", "--max_epoch 1 --batch_size 4", *extra])
 
 
 @pytest.mark.parametrize("change", ["config", "upstream", "datadir"])
@@ -46,23 +48,30 @@ def test_asr_reruns_what_a_change_makes_stale(tiny_corpus, tiny_student, tmp_pat
         cfg = yaml.safe_load(config.read_text())
         cfg["optim_conf"]["lr"] = 0.005
         config.write_text(yaml.safe_dump(cfg))
-        expected = {"train", "decode"}
+        expected = {"train", "decode", "score"}
     elif change == "upstream":  # a re-distilled student exported to the same place
         export(tiny_student, upstream, ["fairseq", "s3prl"], random_init=True)
-        expected = {"train", "decode"}
+        expected = {"train", "decode", "score"}
     else:  # another corpus: its own BPE and shapes
         datadir = tmp_path / "data2"
         shutil.copytree(tiny_corpus / "data", datadir)
         text = datadir / "train/text"
         text.write_text("".join(f"{utt} {' '.join(reversed(words.split()))}\n"
                                 for utt, _, words in (line.partition(" ") for line in text.read_text().splitlines())))
-        expected = {"bpe", "stats", "train", "decode"}
+        expected = {"bpe", "stats", "train", "decode", "score"}
     asr(upstream, config, datadir, asr_dir)
     after = outputs(asr_dir)
     assert reran(before, after) == expected
 
     asr(upstream, config, datadir, asr_dir)  # unchanged: nothing runs again
     assert outputs(asr_dir) == after
+
+    if change == "config":  # the inference config, same file name, other content: decoded and scored again
+        inference = tmp_path / "decode_ctc_greedy.yaml"
+        decode_cfg = yaml.safe_load((REPO / "conf/asr/decode_ctc_greedy.yaml").read_text())
+        inference.write_text(yaml.safe_dump({**decode_cfg, "penalty": 0.5}))
+        asr(upstream, config, datadir, asr_dir, "--inference-config", str(inference))
+        assert reran(after, outputs(asr_dir)) == {"decode", "score"}
 
 
 def superb_config(tmp_path: Path, steps: int) -> Path:

@@ -1,24 +1,28 @@
-"""Collect stage 4's WER/CER per upstream into `<asr-dir>/results.md`.
+"""Collect stage 4's WER/CER per upstream into `<asr-dir>/results.md`, and every experiment's
+sclite tables into `<asr-dir>/RESULTS.md` (ESPnet's show_asr_result.sh shape).
 
-    python -m local.asr.report exp/asr --exps teacher=exp/asr/asr_tiny_s3prl_teacher_bpe30 ... --test-set test
+    python -m local.asr.report exp/asr --exps teacher=exp/asr/asr_tiny_s3prl_teacher_bpe30 ... \
+        --test-set test --inference decode_ctc_greedy
 
-Each exp dir is `local/asr/asr.sh`'s training dir; its score is the one decoded by
-`--inference` (`decode_<inference>_<model>/<test set>/score.json`, the dir naming what made it).
+Each exp dir is `local/asr/asr.sh`'s training dir; its scores are the ones decoded with the inference
+config `--inference` names (`<inference>_asr_model_<model>/<test set>/score_{wer,cer}/result.txt`,
+the dir naming what made it), read back from sclite's output.
 """
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from fairseq_plugin.atomic_io import atomic_write_text
+from local.asr.score import sum_avg
+from local.asr.show_results import results_md
 
 
-def score_file(exp: Path, inference: str, test_set: str) -> Path:
-    found = sorted(exp.glob(f"decode_{inference}_*/{test_set}/score.json"))
+def decode_dir(exp: Path, inference: str, test_set: str) -> Path:
+    found = sorted(p.parent.parent for p in exp.glob(f"{inference}_asr_model_*/{test_set}/score_wer/result.txt"))
     if len(found) != 1:
-        raise SystemExit(f"error: {exp}: expected one decode_{inference}_*/{test_set}/score.json, found "
-                         f"{[str(f) for f in found] or 'none'}; run local/asr/asr.sh first")
+        raise SystemExit(f"error: {exp}: expected one {inference}_asr_model_*/{test_set}/score_wer/result.txt, "
+                         f"found {[str(f) for f in found] or 'none'}; run local/asr/asr.sh first")
     return found[0]
 
 
@@ -27,17 +31,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("asr_dir", type=Path)
     parser.add_argument("--exps", nargs="+", required=True, metavar="UPSTREAM=EXP_DIR")
     parser.add_argument("--test-set", default="test")
-    parser.add_argument("--inference", default="ctc_greedy", help="the inference config's name, as in the decode dir")
+    parser.add_argument("--inference", default="decode_ctc_greedy",
+                        help="the inference config's name (its file name without .yaml), as in the decode dir")
     args = parser.parse_args(argv)
-    lines = [f"ESPnet ASR (frozen SSL front end, CTC) on `{args.test_set}`", "",
+    lines = [f"ESPnet ASR (frozen SSL front end) on `{args.test_set}`, scored by sclite", "",
              "| upstream | WER (%) | CER (%) | utterances | decoding |", "|---|---|---|---|---|"]
+    exps = []
     for name, exp in (item.partition("=")[::2] for item in args.exps):
-        path = score_file(Path(exp), args.inference, args.test_set)
-        score = json.loads(path.read_text())
-        where = path.parent.relative_to(args.asr_dir) if path.is_relative_to(args.asr_dir) else path.parent
-        lines.append(f"| {name} | {score['wer']:.2f} | {score['cer']:.2f} | {score['utterances']} | `{where}` |")
+        exps.append(Path(exp))
+        where = decode_dir(Path(exp), args.inference, args.test_set)
+        wer, cer = (sum_avg(where / f"score_{kind}/result.txt") for kind in ("wer", "cer"))
+        shown = where.relative_to(args.asr_dir) if where.is_relative_to(args.asr_dir) else where
+        lines.append(f"| {name} | {wer['Err']:.1f} | {cer['Err']:.1f} | {wer['Snt']:.0f} | `{shown}` |")
     table = "\n".join(lines) + "\n"
     atomic_write_text(args.asr_dir / "results.md", table)
+    atomic_write_text(args.asr_dir / "RESULTS.md", results_md(exps))
     print(table, end="")
 
 
