@@ -9,8 +9,10 @@ from pathlib import Path
 import editdistance
 import pytest
 import sentencepiece.sentencepiece_model_pb2 as spm_model
+import yaml
 
 from fairseq_plugin.export import export
+from local.asr.check_inference import problem
 from local.asr.score import sum_avg
 from local.data.kaldi import read_dict
 from tests.conftest import REPO, run
@@ -84,3 +86,16 @@ def test_student_trains_in_espnet(tiny_corpus, tiny_student, tmp_path, config, b
         text = results.read_text()
         assert "- espnet2 version:" in text and "|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|" in text
         assert f"|{inference}_asr_model_{model}/test|20|{wer['Wrd']:.0f}|" in text
+
+
+def test_joint_decoding_is_refused_for_a_model_without_a_decoder():
+    """asr_inference would drop the missing decoder and beam-search CTC alone, weighted 0.3."""
+    configs = {name: yaml.safe_load((REPO / path).read_text()) for name, path in [
+        ("tiny", "conf/asr/tiny_s3prl.yaml"), ("joint", "espnet_recipe/conf/train_asr_student_s3prl.yaml"),
+        ("greedy", "conf/asr/decode_ctc_greedy.yaml"), ("beam", "conf/asr/decode_asr_beam4.yaml")]}
+    assert "has none" in problem(configs["tiny"], configs["beam"])
+    assert problem(configs["tiny"], configs["greedy"]) is None
+    assert problem(configs["joint"], configs["beam"]) is None
+    proc = run(["python", "-m", "local.asr.check_inference", "conf/asr/tiny_s3prl.yaml",
+                "conf/asr/decode_asr_beam4.yaml"], check=False)
+    assert proc.returncode != 0 and "decode_ctc_greedy.yaml" in proc.stderr

@@ -146,6 +146,7 @@ inference_tag=$(basename "${inference_config}" .yaml)_asr_model_$(basename "${mo
 decode=${exp}/${inference_tag}/${test_set}
 decode_key=$(key --file model="${model_file}" --file train="${exp}/.stamp.json" \
   --file inference_config="${inference_config}" "${prepared[@]}" --file test="${datadir}/${test_set}")
+python -m local.asr.check_inference "${exp}/config.yaml" "${inference_config}"
 if current "${decode}/.stamp.json" "${decode_key}"; then
   log "decoding ${decode} is up to date"
 else
