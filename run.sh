@@ -11,7 +11,7 @@ set -euo pipefail
 help_message="$(sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//')
 
 Options (--name value; defaults shown):
-$(sed -n '/^stage=/,/^superb_config=/p' "$0" | sed 's/^\([a-z_]*\)=/  --\1 /; :dash; s/^\(  --[a-z-]*\)_/\1-/; t dash')"
+$(sed -n '/^stage=/,/^superb_config=/p' "$0" | sed 's/^\([a-z0-9_]*\)=/  --\1 /; :dash; s/^\(  --[a-z0-9-]*\)_/\1-/; t dash')"
 
 stage=1
 stop_stage=5
@@ -31,6 +31,10 @@ operators=""                # stage 3: growth operators, one run each; empty: th
 distill_args=""             # stage 3: more fairseq-hydra-train overrides, e.g. "optimization.max_update=1000"
 asr_config=conf/asr/tiny_s3prl.yaml  # stage 4: ESPnet ASR config (an S3PRL front end)
 nbpe=30                     # stage 4: sentencepiece BPE size (LibriSpeech 100 h recipes use 5000)
+bpemode=bpe                 # stage 4: sentencepiece model type, unigram or bpe (ESPnet's --bpemode)
+inference_config=conf/asr/decode_ctc_greedy.yaml  # stage 4: decoding options (ESPnet's --inference_config)
+superb_tasks=""             # stage 5 on real data: SUPERB tasks for S3PRL's run_downstream.py (pr asr sf ks sid; corpora in db.sh)
+s3prl_root=""               # stage 5 on real data: a checkout of github.com/s3prl/s3prl (configs, lexicons, runner)
 superb_config=conf/superb/mini.yaml  # stage 5: mini-SUPERB tasks, budgets and learning rates
 
 cd "$(dirname "$0")"
@@ -79,12 +83,12 @@ if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
   if [ -n "${librispeech_root}" ]; then
     log "Stage 1: LibriSpeech (${librispeech_splits}) from ${librispeech_root} -> ${datadir}"
     # shellcheck disable=SC2086
-    python -m local.data.prepare librispeech --root "${librispeech_root}" --splits ${librispeech_splits} \
-      --data-dir "${datadir}" --nj "${nj}"
+    ${train_cmd} "${expdir}/data_prep/log/prepare.log" python -m local.data.prepare librispeech \
+      --root "${librispeech_root}" --splits ${librispeech_splits} --data-dir "${datadir}" --nj "${nj}"
   else
     log "Stage 1: synthesising the embedded corpus (${corpus_config}) -> ${corpus_dir}, ${datadir}"
-    python -m local.data.prepare synth --config "${corpus_config}" --corpus-dir "${corpus_dir}" \
-      --data-dir "${datadir}" --nj "${nj}"
+    ${train_cmd} "${expdir}/data_prep/log/prepare.log" python -m local.data.prepare synth \
+      --config "${corpus_config}" --corpus-dir "${corpus_dir}" --data-dir "${datadir}" --nj "${nj}"
   fi
   python -m local.data.summary "${datadir}"
 fi
@@ -105,9 +109,10 @@ if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
       checkpoint.save_dir="${teacher_dir}/checkpoints" hydra.run.dir="${teacher_dir}/hydra"
     python -m local.teacher.install --copy "${teacher_dir}/checkpoints/checkpoint_last.pt" "${teacher_dir}/teacher.pt"
     log "Stage 2c: masked-prediction accuracy on ${valid_set}, teacher vs random init"
-    python -m local.teacher.evaluate --checkpoint "${teacher_dir}/teacher.pt" \
-      --data "${manifests}" --label-dir "${teacher_dir}/labels" --split "${valid_set}" \
-      --out "${teacher_dir}/accuracy.md"
+    ${train_cmd} "${teacher_dir}/log/evaluate.log" python -m local.teacher.evaluate \
+      --checkpoint "${teacher_dir}/teacher.pt" --data "${manifests}" --label-dir "${teacher_dir}/labels" \
+      --split "${valid_set}" --out "${teacher_dir}/accuracy.md"
+    cat "${teacher_dir}/accuracy.md"
   fi
 fi
 
@@ -141,15 +146,33 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
   exps=()
   for tag in teacher "${student_op}" random_init; do
     local/asr/asr.sh --tag "${tag}" --upstream-dir "${upstream_dir}/${tag}" --config "${asr_config}" --nbpe "${nbpe}" \
+      --bpemode "${bpemode}" --inference-config "${inference_config}" \
       --datadir "${datadir}" --train-set "${train_set}" --valid-set "${valid_set}" --test-set "${test_set}" \
       --asr-dir "${asr_dir}" --ngpu "${ngpu}"
     exps+=("${tag}=${asr_dir}/asr_$(basename "${asr_config}" .yaml)_${tag}_bpe${nbpe}")  # asr.sh's name for it
   done
-  python -m local.asr.report "${asr_dir}" --exps "${exps[@]}" --test-set "${test_set}"
+  # WER/CER read back from sclite's score_{wer,cer}/result.txt -> results.md; all sclite tables -> RESULTS.md
+  python -m local.asr.report "${asr_dir}" --exps "${exps[@]}" --test-set "${test_set}" \
+    --inference "$(basename "${inference_config}" .yaml)"
 fi
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ] && [ -n "${librispeech_root}" ]; then
-  log "Stage 5: mini-SUPERB needs the embedded corpus's phone, keyword and speaker labels; for SUPERB"
-  log "proper, run S3PRL's run_downstream.py with -u hubert_local -k <export>/s3prl.pt (see README)"
+  # SUPERB proper: S3PRL's own run_downstream.py (train, then evaluate) in .venv-s3prl, on the
+  # corpora db.sh names, for the teacher and every stage-3 student. Checked before any export.
+  superb_dir=$(abspath "${expdir}/superb")
+  superb_opts=(--tasks "${superb_tasks}" --s3prl-root "${s3prl_root}" --db db.sh
+               --librispeech-root "$(abspath "${librispeech_root}")")
+  log "Stage 5: SUPERB (${superb_tasks:-no task given}) with S3PRL's run_downstream.py"
+  python -m local.superb.s3prl_runner --check "${superb_opts[@]}"
+  export_upstream "${teacher_dir}/teacher.pt" teacher
+  upstreams=(--upstream "teacher=${upstream_dir}/teacher/s3prl.pt")
+  for op in ${operators}; do
+    export_upstream "${distill_dir}/${op}/student.pt" "${op}"
+    upstreams+=(--upstream "${op}=${upstream_dir}/${op}/s3prl.pt")
+  done
+  if [ "${ngpu}" -gt 0 ]; then job_cmd="${cuda_cmd} --gpu 1"; else job_cmd=${train_cmd}; fi
+  log "Stage 5: ${superb_tasks} -> ${superb_dir}/<upstream>/<task>/ (train.log, test.log), ${superb_dir}/results.md"
+  python -m local.superb.s3prl_runner "${superb_opts[@]}" --out "${superb_dir}" --ngpu "${ngpu}" \
+    --cmd "${job_cmd}" "${upstreams[@]}"
 elif [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
   superb_dir=$(abspath "${expdir}/superb")
   upstreams=()
@@ -161,8 +184,9 @@ elif [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
   for name in teacher ${operators} random_init; do
     upstreams+=(--upstream "${name}=${upstream_dir}/${name}/s3prl.pt")
   done
-  log "Stage 5: mini-SUPERB (${superb_config}: PR, ASR, KS, SID) -> ${superb_dir}/results.{md,csv}, layer_weights.png"
-  python -m local.superb.run --config "${superb_config}" --datadir "${datadir}" --out "${superb_dir}" \
-    --nj "${nj}" --ngpu "${ngpu}" "${upstreams[@]}"
+  log "Stage 5: mini-SUPERB (${superb_config}: PR, ASR, SF, KS, SID) -> ${superb_dir}/results.{md,csv}, curves.png, layer_weights.png (log: ${superb_dir}/log/superb.log)"
+  ${train_cmd} "${superb_dir}/log/superb.log" python -m local.superb.run --config "${superb_config}" \
+    --datadir "${datadir}" --out "${superb_dir}" --nj "${nj}" --ngpu "${ngpu}" "${upstreams[@]}"
+  cat "${superb_dir}/results.md"
 fi
 log "Finished stages ${stage}-${stop_stage}"

@@ -1,6 +1,6 @@
 """The real path, rehearsed on CPU: a LibriSpeech tree (FLAC + .trans.txt), a HuBERT Base checkpoint
 written by fairseq's own trainer in the released configuration, `--preset paper`, data-loader
-workers, two processes, stages 1 to 5 through `run.sh` as a user runs them. Nothing is shrunk by
+workers, two processes, stages 1 to 4 through `run.sh` as a user runs them. Nothing is shrunk by
 special code; only overrides cut the budget (updates, crops, batch, the ESPnet config's epochs).
 
 Slow (minutes): `./test.sh -m "not slow"` skips it locally; CI runs it.
@@ -93,14 +93,15 @@ def test_teacher_is_a_released_base_checkpoint(rehearsal):
     assert round(info.params / 1e6, 1) == 94.7
 
 
-def test_real_path_stages_2_to_5(rehearsal, tmp_path):
+def test_real_path_stages_2_to_4(rehearsal, tmp_path):
     tmp, recipe, teacher = rehearsal
     asr_config = yaml.safe_load((REPO / "conf/asr/tiny_s3prl.yaml").read_text())
     asr_config.update(max_epoch=1)
     (tmp_path / "asr.yaml").write_text(yaml.safe_dump(asr_config))
-    proc = run([*recipe, "--stage", "2", "--stop-stage", "5", "--teacher-ckpt", str(teacher), "--preset", "paper",
-                "--operators", "interleaved", "--distill-args", " ".join(PAPER_CUT),
-                "--asr-config", str(tmp_path / "asr.yaml"), "--nbpe", "30"])
+    # stage 5 on real data needs S3PRL task data: tests/test_s3prl_runner.py
+    run([*recipe, "--stage", "2", "--stop-stage", "4", "--teacher-ckpt", str(teacher), "--preset", "paper",
+         "--operators", "interleaved", "--distill-args", " ".join(PAPER_CUT),
+         "--asr-config", str(tmp_path / "asr.yaml"), "--nbpe", "30"])
     log = (tmp / "exp/distill/interleaved/train.log").read_text()
     # the paper's targets 4/8/12 of the Base teacher, growth at the schedule's updates, workers on
     assert "distilling teacher layers 4, 8, 12 of 12" in log
@@ -113,8 +114,6 @@ def test_real_path_stages_2_to_5(rehearsal, tmp_path):
     results = (tmp / "exp/asr/results.md").read_text()
     for tag in ("teacher", "interleaved", "random_init"):
         assert tag in results
-    # stage 5 on real data says what it does and does not do
-    assert "Stage 5" in proc.stdout
 
 
 def test_two_processes_of_the_paper_preset(rehearsal, tmp_path):

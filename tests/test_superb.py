@@ -1,4 +1,4 @@
-"""Mini-SUPERB: frozen upstream through S3PRL, weighted layer sum, light heads, four tasks."""
+"""Mini-SUPERB: frozen upstream through S3PRL, weighted layer sum, SUPERB's heads, five tasks, head seeds."""
 from __future__ import annotations
 
 import csv
@@ -15,24 +15,65 @@ def test_mini_superb_end_to_end(tiny_corpus, tiny_student, tmp_path):
     export(tiny_student, tmp_path / "export", ["fairseq", "s3prl"])
     export(tiny_student, tmp_path / "random_init", ["fairseq", "s3prl"], random_init=True)
     cfg = yaml.safe_load((REPO / "conf/superb/mini.yaml").read_text())
+    cfg["seeds"] = [0, 1]
     for task in cfg["tasks"].values():
-        task["steps"] = 60
+        if task["head"] != "pool_linear":  # the pooled heads are cheap: they keep the budget users run
+            task["steps"] = 60
     (tmp_path / "mini.yaml").write_text(yaml.safe_dump(cfg))
     superb.main(["--config", str(tmp_path / "mini.yaml"), "--datadir", str(tiny_corpus / "data"),
                  "--out", str(tmp_path / "superb"), "--upstream", f"student={tmp_path / 'export/s3prl.pt'}",
                  "--upstream", f"random_init={tmp_path / 'random_init/s3prl.pt'}", "--nj", "2"])
     result = json.loads((tmp_path / "superb/student/scores.json").read_text())
-    scores, weights = result["scores"], result["layer_weights"]
-    assert set(scores) == {"pr", "asr", "asr_cer", "ks", "sid"}
-    assert scores["sid"] > 25.0  # 4 speakers: above chance
+    scores, weights, curves = result["scores"], result["layer_weights"], result["curves"]
+    assert set(scores) == {"pr", "asr", "asr_cer", "sf_f1", "sf_cer", "ks", "sid"}
+    assert all(len(v) == 2 for v in scores.values())  # one score per head seed
+    assert scores["pr"][0] != scores["pr"][1]  # the seeds train different heads
+    assert min(scores["sid"]) > 25.0  # 4 speakers: above chance
     for w in weights.values():
         assert len(w) == 7 and abs(sum(w) - 1) < 1e-5  # CNN output + 6 layers, softmax weights
+    for task, per_seed in curves.items():  # every head learned: its training loss fell
+        for curve in per_seed:
+            assert curve[-1][1] < curve[0][1], task
     rows = list(csv.reader((tmp_path / "superb/results.csv").open()))
-    assert rows[0] == ["upstream", "pr", "asr", "asr_cer", "ks", "sid"]
-    assert [r[0] for r in rows[1:]] == ["student", "random_init"]
-    assert (tmp_path / "superb/layer_weights.png").stat().st_size > 0
+    assert rows[0] == ["upstream", "seed", "pr", "asr", "asr_cer", "sf_f1", "sf_cer", "ks", "sid"]
+    assert [r[:2] for r in rows[1:]] == [["student", "0"], ["student", "1"], ["random_init", "0"],
+                                         ["random_init", "1"], ["chance", "-"]]
+    chance = dict(zip(rows[0], rows[-1]))
+    assert chance["sid"] == "25.00" and chance["pr"] == "100.00" and chance["sf_f1"] == "0.00"
+    table = (tmp_path / "superb/results.md").read_text()
+    assert "| student | " in table and " ± " in table and "| chance | " in table
+    for figure in ("layer_weights.png", "curves.png"):
+        assert (tmp_path / "superb" / figure).stat().st_size > 0
     # a rerun reuses the stored scores
     mtime = (tmp_path / "superb/student/scores.json").stat().st_mtime_ns
     superb.main(["--config", str(tmp_path / "mini.yaml"), "--datadir", str(tiny_corpus / "data"),
                  "--out", str(tmp_path / "superb"), "--upstream", f"student={tmp_path / 'export/s3prl.pt'}"])
     assert (tmp_path / "superb/student/scores.json").stat().st_mtime_ns == mtime
+
+
+def test_padded_bilstm_is_the_packed_bilstm():
+    """The heads' BiLSTM on a padded batch gives what torch's bidirectional LSTM gives on the
+    packed batch (same weights), outputs and gradients, for sequences of different lengths."""
+    import torch
+
+    from local.superb.downstream import BiLstm
+
+    torch.manual_seed(0)
+    ours = BiLstm(5, 4, num_layers=2)
+    theirs = torch.nn.LSTM(5, 4, num_layers=2, bidirectional=True, batch_first=True)
+    with torch.no_grad():
+        for layer in range(2):
+            for direction, lstm in (("", ours.forward_lstms[layer]), ("_reverse", ours.backward_lstms[layer])):
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                    getattr(theirs, f"{name}_l{layer}{direction}").copy_(getattr(lstm, f"{name}_l0"))
+    seqs = [torch.randn(n, 5) for n in (7, 3, 5)]
+    lens = torch.tensor([7, 3, 5])
+    padded = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True).requires_grad_()
+    y = ours(padded, lens)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(padded, lens, batch_first=True, enforce_sorted=False)
+    ref, _ = torch.nn.utils.rnn.pad_packed_sequence(theirs(packed)[0], batch_first=True)
+    mask = (torch.arange(7) < lens.unsqueeze(1)).unsqueeze(-1)
+    assert torch.allclose(y * mask, ref * mask, atol=1e-6)
+    (grad,) = torch.autograd.grad((y * mask).sum(), padded)
+    (ref_grad,) = torch.autograd.grad((ref * mask).sum(), padded)
+    assert torch.allclose(grad, ref_grad, atol=1e-6)

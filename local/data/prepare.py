@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from fairseq_plugin.atomic_io import atomic_dir
-from local.data import librispeech, synth
+from local.data import librispeech, slots, synth
 from local.data.audio import check_audio
 from local.data.kaldi import Utterance, validate_data_dir, write_data_dir
 from local.data.manifest import manifest_from_data_dir
@@ -55,7 +55,10 @@ def write_data(data_dir: Path, splits: dict[str, list[Utterance]], key: dict) ->
 def prepare_synth(config: Path, corpus_dir: Path, data_dir: Path, nj: int) -> None:
     cfg = synth.load_config(config)
     key = {"corpus": "synth", "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest()}
-    if _is_current(data_dir, key) and _is_current(corpus_dir, key):
+    # The labels read back from the grammar (text.sf) are made by code, not by the audio: the data
+    # dir's stamp names that code too, so a change to it relabels without re-synthesising.
+    data_key = {**key, "slots_sha256": hashlib.sha256(Path(slots.__file__).read_bytes()).hexdigest()}
+    if _is_current(data_dir, data_key) and _is_current(corpus_dir, key):
         log.info("%s is up to date with %s; nothing to do", data_dir, config)
         return
     if not _is_current(corpus_dir, key):
@@ -70,11 +73,14 @@ def prepare_synth(config: Path, corpus_dir: Path, data_dir: Path, nj: int) -> No
                 {s: [[u.utt_id, u.speaker, str(u.path), u.num_samples, u.text, u.labels] for u in utts]
                  for s, utts in splits.items()}, ensure_ascii=False))
     listing = json.loads((corpus_dir / "utterances.json").read_text())
+    tagger = slots.SlotTagger(cfg)
     splits = {
-        s: [Utterance(uid, spk, (corpus_dir / p).resolve(), n, text, labels) for uid, spk, p, n, text, labels in rows]
+        s: [Utterance(uid, spk, (corpus_dir / p).resolve(), n, text,
+                      labels if "utt2keyword" in labels else {**labels, "text.sf": tagger.tag(text)})
+            for uid, spk, p, n, text, labels in rows]
         for s, rows in listing.items()
     }
-    write_data(data_dir, splits, key)
+    write_data(data_dir, splits, data_key)
 
 
 def prepare_librispeech(root: Path, split_names: list[str], data_dir: Path, nj: int) -> None:

@@ -2,10 +2,11 @@
 
 Deterministic: the same config and seed give the same texts, the same audio bytes and the same
 phoneme transcripts (espeak-ng itself is deterministic; the noise floor is seeded per utterance).
-Serves four tasks from one set of utterances:
+Serves five tasks from one set of utterances:
 
 - ASR: word transcripts (`text`), from sentences and keywords;
 - phoneme recognition: espeak-ng's own IPA transcript of what it spoke (`text.phn`);
+- slot filling: each sentence's slots, read back from the grammar (`text.sf`, `local/data/slots.py`);
 - keyword spotting: isolated keywords (`utt2keyword`);
 - speaker identification: every speaker occurs in every split (`utt2spk`).
 """

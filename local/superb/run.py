@@ -1,22 +1,22 @@
-"""Stage 5: mini-SUPERB on the embedded corpus (PR, ASR, KS, SID) for several frozen upstreams.
+"""Stage 5: mini-SUPERB on the embedded corpus (PR, ASR, SF, KS, SID) for several frozen upstreams.
 
     python -m local.superb.run --config conf/superb/mini.yaml --datadir data --out exp/superb \
         --upstream teacher=exp/upstreams/teacher/s3prl.pt --upstream interleaved=... [--nj 2]
 
-Trains on `train`, reports on `test` with a fixed budget per task (no model selection on dev).
-Writes `<out>/results.md`, `<out>/results.csv` and `<out>/layer_weights.png`; each upstream's
-scores are kept in `<out>/<name>/scores.json` with a stamp of what made them (the upstream file,
-the data and the config: `local/stamp.py`), so a rerun only does what is missing or stale.
-Upstreams are evaluated `--nj` at a time, one thread each (small heads use cores better side by
-side); with `--ngpu` > 0 the upstream's forward runs on the GPU, when there is one.
+Trains on `train`, reports on `test` with a fixed budget per task (no model selection on dev), once
+per head seed (`seeds` in the config), and reports each score as mean +- std over those seeds,
+beside the score of a head that learned nothing (`chance`).
+Writes `<out>/results.md`, `<out>/results.csv`, `<out>/layer_weights.png` and `<out>/curves.png`
+(each head's training loss); each upstream's scores are kept in `<out>/<name>/scores.json` with a
+stamp of what made them (the upstream file, the data and the config: `local/stamp.py`), so a rerun
+only does what is missing or stale. Upstreams are evaluated `--nj` at a time, one thread each
+(small heads use cores better side by side); with `--ngpu` > 0 the upstream's forward runs on the
+GPU, when there is one.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
-import logging
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -24,39 +24,29 @@ from pathlib import Path
 import torch
 import yaml
 
-from fairseq_plugin.atomic_io import atomic_save, atomic_write_text
+from fairseq_plugin.atomic_io import atomic_write_text
 from local import stamp
-from local.data.kaldi import read_dict
-from local.superb import downstream, features
-
-METRICS = {"pr": "PER (%)", "asr": "WER (%)", "asr_cer": "ASR CER (%)", "ks": "KS acc (%)", "sid": "SID acc (%)"}
+from local.superb import downstream, features, report, tasks
 
 
-def _ctc_task(task_name: str, task: dict, labels: dict, feats: dict, seed: int) -> tuple[dict, torch.nn.Module]:
-    tokenize = (lambda s: s.split()) if task_name == "pr" else (lambda s: list(s.replace(" ", "|")))
-    vocab = sorted({t for text in labels["train"].values() for t in tokenize(text)})
+def run_task(task_name: str, task: dict, split: tasks.Split, feats: dict,
+             seed: int) -> tuple[dict, torch.nn.Module, list]:
+    """Train one head with one seed on `split.train`; score it on `split.test`."""
+    test_utts = sorted(split.test)
+    if task["head"] == "pool_linear":
+        classes = sorted(set(split.train.values()))
+        index = {c: i for i, c in enumerate(classes)}
+        model, curve = downstream.train_classifier(
+            task, [(feats["train"][u], index[c]) for u, c in split.train.items()], len(classes), seed)
+        preds = downstream.classify(model, [feats["test"][u] for u in test_utts])
+        return {task_name: tasks.accuracy([split.test[u] for u in test_utts], [classes[p] for p in preds])}, model, curve
+    vocab = sorted({t for text in split.train.values() for t in tasks.tokens(task_name, text)})
     index = {t: i for i, t in enumerate(vocab)}
-    train = [(feats["train"][u], [index[t] for t in tokenize(text)]) for u, text in labels["train"].items()]
-    model = downstream.train_ctc(task, train, len(vocab), seed)
-    test_utts = sorted(labels["test"])
+    train = [(feats["train"][u], [index[t] for t in tasks.tokens(task_name, text)]) for u, text in split.train.items()]
+    model, curve = downstream.train_ctc(task, train, len(vocab), seed)
     hyps = [[vocab[i] for i in seq] for seq in downstream.ctc_decode(model, [feats["test"][u] for u in test_utts])]
-    refs = [tokenize(labels["test"][u]) for u in test_utts]
-    if task_name == "pr":
-        return {"pr": downstream.error_rate(refs, hyps)}, model
-    words = lambda chars: "".join(chars).replace("|", " ").split()  # noqa: E731
-    return {"asr": downstream.error_rate([words(r) for r in refs], [words(h) for h in hyps]),
-            "asr_cer": downstream.error_rate([[c for c in r if c != "|"] for r in refs],
-                                             [[c for c in h if c != "|"] for h in hyps])}, model
-
-
-def _classification_task(task: dict, labels: dict, feats: dict, seed: int) -> tuple[float, torch.nn.Module]:
-    classes = sorted(set(labels["train"].values()))
-    index = {c: i for i, c in enumerate(classes)}
-    train = [(feats["train"][u], index[c]) for u, c in labels["train"].items()]
-    model = downstream.train_classifier(task, train, len(classes), seed)
-    test_utts = sorted(labels["test"])
-    preds = downstream.classify(model, [feats["test"][u] for u in test_utts])
-    return 100.0 * sum(classes[p] == labels["test"][u] for p, u in zip(preds, test_utts)) / len(test_utts), model
+    refs = [tasks.tokens(task_name, split.test[u]) for u in test_utts]
+    return tasks.score_sequences(task_name, refs, hyps), model, curve
 
 
 def inputs_key(ckpt: Path, cfg: dict, data: Path) -> str:
@@ -64,7 +54,8 @@ def inputs_key(ckpt: Path, cfg: dict, data: Path) -> str:
     files = {"upstream": ckpt, "train": data / "train", "test": data / "test"}
     if (data / ".prepared.json").is_file():
         files["prepared"] = data / ".prepared.json"
-    return stamp.make_key(files, {"config": cfg})
+    code = {name: Path(module.__file__) for name, module in (("tasks", tasks), ("heads", downstream))}
+    return stamp.make_key({**files, **code}, {"config": cfg})
 
 
 def evaluate(name: str, ckpt: Path, cfg: dict, data: Path, out: Path, threads: int = 0, ngpu: int = 0) -> dict:
@@ -77,55 +68,30 @@ def evaluate(name: str, ckpt: Path, cfg: dict, data: Path, out: Path, threads: i
         torch.set_num_threads(threads)
     device = features.pick_device(ngpu)
     feats = {split: features.extract(ckpt, data / split, cfg["feature_batch"], device) for split in ("train", "test")}
-    scores, weights = {}, {}
+    scores: dict[str, list[float]] = {}
+    weights, curves = {}, {}
     for task_name, task in cfg["tasks"].items():
-        labels = {split: read_dict(data / split / task["labels"]) for split in ("train", "test")}
-        if task["head"] == "blstm_ctc":
-            task_scores, model = _ctc_task(task_name, task, labels, feats, cfg["seed"])
-            scores.update(task_scores)
-        else:
-            scores[task_name], model = _classification_task(task, labels, feats, cfg["seed"])
-        weights[task_name] = model.featurizer.weights.softmax(0).tolist()
-    result = {"scores": scores, "layer_weights": weights}
+        split = tasks.select(task_name, task, data)
+        task_weights, curves[task_name] = [], []
+        for seed in cfg["seeds"]:
+            task_scores, model, curve = run_task(task_name, task, split, feats, seed)
+            for metric, value in task_scores.items():
+                scores.setdefault(metric, []).append(value)
+            task_weights.append(model.featurizer.weights.softmax(0))
+            curves[task_name].append(curve)
+        weights[task_name] = torch.stack(task_weights).mean(0).tolist()
+    result = {"scores": scores, "seeds": cfg["seeds"], "layer_weights": weights, "curves": curves}
     atomic_write_text(scores_file, json.dumps(result, indent=2))
     atomic_write_text(stamp_file, key)
-    print(f"mini-SUPERB: {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()), flush=True)
+    print(f"mini-SUPERB: {name}: " + ", ".join(f"{k} {report.mean_std(v)}" for k, v in scores.items()), flush=True)
     return result
 
 
-def write_reports(results: dict[str, dict], out: Path) -> str:
-    head = ["upstream", *METRICS.values()]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["upstream", *METRICS])
-    for name, r in results.items():
-        row = [f"{r['scores'][t]:.2f}" if t in r["scores"] else "-" for t in METRICS]
-        lines.append("| " + " | ".join([name, *row]) + " |")
-        writer.writerow([name, *row])
-    table = "\n".join(lines) + "\n"
-    atomic_write_text(out / "results.md", table)
-    atomic_write_text(out / "results.csv", buf.getvalue())
-
-    import matplotlib
-
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # S3PRL leaves the root logger at DEBUG
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = list(next(iter(results.values()))["layer_weights"])
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.2), sharey=True)
-    for ax, task in zip(axes, tasks):
-        for name, r in results.items():
-            w = r["layer_weights"][task]
-            ax.plot(range(len(w)), w, marker="o", label=name)
-        ax.set_title(task.upper())
-        ax.set_xlabel("layer (0: CNN)")
-    axes[0].set_ylabel("learned weight")
-    axes[-1].legend(fontsize=7)
-    fig.tight_layout()
-    atomic_save(lambda tmp: fig.savefig(tmp, format="png", dpi=110), out / "layer_weights.png")
-    return table
+def chance_scores(cfg: dict, data: Path) -> dict[str, list[float]]:
+    out = {}
+    for task_name, task in cfg["tasks"].items():
+        out.update({k: [v] for k, v in tasks.chance(task_name, tasks.select(task_name, task, data)).items()})
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -149,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         results = {name: evaluate(name, Path(ckpt), cfg, args.datadir, args.out, ngpu=args.ngpu)
                    for name, ckpt in upstreams.items()}
-    print(write_reports(results, args.out), end="")
+    print(report.write_reports(results, chance_scores(cfg, args.datadir), args.out), end="")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ import soundfile
 import yaml
 
 from local import stamp
+from local.superb.columns import METRICS as COLUMNS  # stage 5's table, in its order
 
 REPO = Path(__file__).resolve().parents[2]
 VENV = REPO / ".venv-s3prl"
@@ -85,9 +86,6 @@ TASKS = {
     "sid": Task("voxceleb1", "downstream/voxceleb1/config.yaml", {"downstream_expert.datarc.file_path": "VOXCELEB1"},
                 "dev-best.ckpt", "test", {"acc": ("sid", 100.0)}, "VoxCeleb1"),
 }
-# Stage 5's columns (local/superb/run.py's table), in its order.
-COLUMNS = {"pr": "PR PER (%)", "asr": "ASR WER (%)", "asr_cer": "ASR CER (%)", "sf_f1": "SF F1 (%)",
-           "sf_cer": "SF CER (%)", "ks": "KS acc (%)", "sid": "SID acc (%)"}
 DB_VARS = ("LIBRISPEECH", "SNIPS", "VOXCELEB1", "SPEECHCOMMANDS", "SPEECHCOMMANDS_TEST")
 
 

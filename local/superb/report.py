@@ -1,0 +1,69 @@
+"""Stage 5's table and figures: mean +- std over head seeds, a chance row, layer weights, curves."""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import statistics
+from pathlib import Path
+
+from fairseq_plugin.atomic_io import atomic_save, atomic_write_text
+from local.superb.columns import METRICS
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def write_reports(results: dict[str, dict], chance: dict[str, list[float]], out: Path) -> str:
+    """`results.md` (mean +- std over seeds), `results.csv` (every seed's score), and the figures."""
+    metrics = [m for m in METRICS if any(m in r["scores"] for r in results.values())]
+    seeds = next(iter(results.values())).get("seeds", [])
+    head = ["upstream", *(METRICS[m] for m in metrics)]
+    lines = [f"Test split; mean ± std over head seeds {seeds}; `chance`: a head that learned nothing "
+             "(no output, or the most frequent training class).", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["upstream", "seed", *metrics])
+    for name, r in [*results.items(), ("chance", {"scores": chance})]:
+        lines.append("| " + " | ".join([name, *(mean_std(r["scores"][m]) if m in r["scores"] else "-"
+                                                 for m in metrics)]) + " |")
+        for i, seed in enumerate(r.get("seeds", ["-"])):
+            writer.writerow([name, seed, *(f"{r['scores'][m][i]:.2f}" if m in r["scores"] else "" for m in metrics)])
+    table = "\n".join(lines) + "\n"
+    atomic_write_text(out / "results.md", table)
+    atomic_write_text(out / "results.csv", buf.getvalue())
+    _plot(results, out)
+    return table
+
+
+def _plot(results: dict[str, dict], out: Path) -> None:
+    import matplotlib
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # S3PRL leaves the root logger at DEBUG
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(next(iter(results.values()))["layer_weights"])
+    for what, file in (("layer_weights", "layer_weights.png"), ("curves", "curves.png")):
+        fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.2), squeeze=False)
+        for ax, task in zip(axes[0], tasks):
+            for i, (name, r) in enumerate(results.items()):
+                color = f"C{i}"
+                if what == "layer_weights":
+                    w = r["layer_weights"][task]
+                    ax.plot(range(len(w)), w, marker="o", color=color, label=name)
+                else:
+                    for j, curve in enumerate(r["curves"][task]):  # one line per head seed
+                        steps, losses = zip(*curve)
+                        ax.plot(steps, losses, color=color, alpha=0.8, label=name if j == 0 else None)
+            ax.set_title(task.upper())
+            ax.set_xlabel("layer (0: CNN)" if what == "layer_weights" else "head training step")
+        axes[0][0].set_ylabel("learned weight" if what == "layer_weights" else "training loss")
+        axes[0][-1].legend(fontsize=7)
+        fig.tight_layout()
+        atomic_save(lambda tmp: fig.savefig(tmp, format="png", dpi=110), out / file)
+        plt.close(fig)
