@@ -104,7 +104,7 @@ def test_superb_recomputes_what_a_change_makes_stale(tiny_corpus, tiny_student, 
     second = evaluate("--ngpu", "1")  # a GPU asked for: used when there is one, CPU otherwise
     assert second != first
     assert evaluate() == second  # unchanged: the stored scores are kept
-    assert json.loads(scores.read_text())["scores"].keys() == {"pr", "asr", "asr_cer", "ks", "sid"}
+    assert json.loads(scores.read_text())["scores"].keys() == {"pr", "asr", "asr_cer", "sf_f1", "sf_cer", "ks", "sid"}
 
 
 def test_features_run_on_a_gpu_when_asked_and_present():
