@@ -179,3 +179,22 @@ def test_run_sh_stage3_asks_cuda_cmd_for_the_gpus(tiny_corpus, tmp_path, fake_sb
     assert proc.returncode != 0
     assert "--gres=gpu:2" in (fake_sbatch / "sbatch.calls").read_text()
     assert "slurm.pl: job failed" in proc.stderr and "interleaved/train.log" in proc.stderr
+
+
+def test_temporary_dirs_for_job_arrays_never_hold_the_word_job(tmp_path):
+    """run.pl rewrites JOB anywhere in a JOB=1:N job's arguments, so a temporary dir whose random
+    name happened to hold it (`.decode.tmp-WKJJOB`, seen in a decode) sent the jobs elsewhere."""
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    # a mktemp whose first name holds JOB, then behaves
+    (stub / "mktemp").write_text(
+        "#!/usr/bin/env bash\n"
+        f"if [ ! -e {tmp_path}/.once ]; then touch {tmp_path}/.once; mkdir {tmp_path}/out/x.tmp-aJOBc; "
+        f"echo {tmp_path}/out/x.tmp-aJOBc; else exec /usr/bin/mktemp \"$@\"; fi\n")
+    (stub / "mktemp").chmod(0o755)
+    (tmp_path / "out").mkdir()
+    env = {**os.environ, "PATH": f"{stub}:{os.environ['PATH']}"}
+    made = subprocess.run([str(REPO / "utils/job_safe_mktemp.sh"), str(tmp_path / "out/x.tmp-XXXXXX")],
+                          env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert "JOB" not in Path(made).name and Path(made).is_dir()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [Path(made).name]  # the bad one was removed

@@ -153,7 +153,7 @@ else
   log "decoding ${datadir}/${test_set} with ${tag} (espnet2.bin.asr_inference --config ${inference_config}," \
     "${inference_nj} jobs) -> ${decode}"
   mkdir -p "$(dirname "${decode}")"
-  tmp=$(mktemp -d "$(dirname "${decode}")/.decode.tmp-XXXXXX")
+  tmp=$(utils/job_safe_mktemp.sh "$(dirname "${decode}")/.decode.tmp-XXXXXX")  # its path goes to JOB=1:N jobs
   logdir=${tmp}/logdir
   mkdir -p "${logdir}"
   # The key file split into inference_nj contiguous parts (Kaldi's split_scp.pl), one job each.
