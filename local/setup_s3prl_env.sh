@@ -20,11 +20,35 @@ if [ -f "${stamp}" ] && [ "$(cat "${stamp}")" = "${want}" ]; then
   exit 0
 fi
 
+# torch's CUDA wheels: ~3.6 GB downloaded into a temporary dir, ~7.2 GB installed. Say so up front
+# rather than let pip die half-way with ENOSPC (an unhandled exception, exit 2, in its resolver).
+need_gb=${S3PRL_ENV_NEED_GB:-12}
+free_gb() { df -Pk "$1" | awk 'NR == 2 { printf "%d", $4 / 1048576 }'; }
+if [ ! -f "${stamp}" ]; then
+  for dir in . "${TMPDIR:-/tmp}"; do
+    if [ "$(free_gb "${dir}")" -lt "${need_gb}" ]; then
+      log "error: ${venv} needs about ${need_gb} GB free for torch's wheels; $(readlink -f "${dir}") has" \
+          "$(free_gb "${dir}") GB. Free some space (or point TMPDIR elsewhere) and rerun."
+      exit 1
+    fi
+  done
+fi
+
 [ -x "${venv}/bin/python" ] || { log "creating ${venv}"; "${python}" -m venv "${venv}"; }
 echo '*' > "${venv}/.gitignore"  # as Python >= 3.13's venv does: git ignores the whole folder
-pip="${venv}/bin/python -m pip --disable-pip-version-check"
-log "pip step 1/2: requirements-s3prl.txt, wheels only"
-${pip} install -q --only-binary :all: -r requirements-s3prl.txt
+# No pip cache: it would hold a second copy of every wheel. Output to setup.log as well, for CI.
+pip="${venv}/bin/python -m pip --disable-pip-version-check --no-cache-dir"
+setup_log=${venv}/setup.log
+log "pip step 1/2: requirements-s3prl.txt, wheels only (log: ${setup_log})"
+# A dropped connection half-way through a 900 MB wheel is not retried by pip itself.
+for attempt in 1 2 3; do
+  if ${pip} install -q --only-binary :all: -r requirements-s3prl.txt 2>&1 | tee -a "${setup_log}"; then
+    break
+  fi
+  log "pip failed (attempt ${attempt} of 3): $(tail -n 1 "${setup_log}")"
+  [ "${attempt}" -lt 3 ] || exit 1
+  sleep 10
+done
 ${pip} check
 log "pip step 2/2: requirements-s3prl-source.txt, S3PRL's sdist checked by sha256, into ${venv}/src"
 ${pip} download -q --require-hashes --no-deps --no-binary :all: --no-build-isolation -d "${venv}/src" \

@@ -3,8 +3,10 @@ recipe's own code (espeak-ng, fairseq's k-means scripts, fairseq-hydra-train), o
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,17 @@ def recipe_env() -> dict[str, str]:
     """The environment path.sh sets up, for commands the tests start."""
     return {**os.environ, "PYTHONPATH": str(REPO), "MAIN_ROOT": str(REPO),
             "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+@contextmanager
+def module_scratch(request, tmp_path_factory, name: str):
+    """A module fixture's working dir, removed when the module ends with no test failed in it (kept to
+    look at otherwise): the rehearsals write gigabytes, and later tests need the disk."""
+    path = tmp_path_factory.mktemp(name)
+    failed_before = request.session.testsfailed
+    yield path
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def run(cmd: list[str], cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:

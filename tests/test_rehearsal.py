@@ -20,7 +20,7 @@ import yaml
 
 from fairseq_plugin.checkpoints import describe, load_speech_model, read_checkpoint
 from local.data.kaldi import read_dict, read_table
-from tests.conftest import REPO, recipe_env, run
+from tests.conftest import REPO, module_scratch, recipe_env, run
 
 pytestmark = pytest.mark.slow
 
@@ -64,22 +64,23 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def rehearsal(tiny_corpus, tmp_path_factory):
-    """Stage 1 on the LibriSpeech tree, then a HuBERT Base teacher pre-trained by fairseq for 2 updates."""
-    tmp = tmp_path_factory.mktemp("rehearsal")
-    make_librispeech(tiny_corpus, tmp / "LibriSpeech")
-    recipe = ["bash", "run.sh", "--librispeech-root", str(tmp / "LibriSpeech"),
-              "--librispeech-splits", " ".join(SPLITS), "--expdir", str(tmp / "exp"), "--datadir", str(tmp / "data")]
-    run([*recipe, "--stage", "1", "--stop-stage", "1"])
-    manifests = tmp / "data/manifests"
-    run(["bash", "local/teacher/kmeans_labels.sh", "--manifest-dir", str(manifests), "--train-split", "train_clean_100",
-         "--splits", "train_clean_100 dev_clean", "--n-clusters", "500", "--out-dir", str(tmp / "labels")])
-    run(["fairseq-hydra-train", "--config-dir", str(REPO / "conf"), "--config-name", "teacher/hubert_tiny",
-         f"task.data={manifests}", f"task.label_dir={tmp / 'labels'}", "dataset.train_subset=train_clean_100",
-         "dataset.valid_subset=dev_clean", f"checkpoint.save_dir={tmp / 'base/checkpoints'}",
-         f"hydra.run.dir={tmp / 'base/hydra'}", *HUBERT_BASE, "optimization.max_update=2",
-         "lr_scheduler.warmup_updates=1", "dataset.max_tokens=200000"])
-    return tmp, recipe, tmp / "base/checkpoints/checkpoint_last.pt"
+def rehearsal(tiny_corpus, request, tmp_path_factory):
+    """Stage 1 on the LibriSpeech tree, then a HuBERT Base teacher pre-trained by fairseq for 2 updates,
+    saved as the released checkpoints are: weights without the optimizer's state."""
+    with module_scratch(request, tmp_path_factory, "rehearsal") as tmp:
+        make_librispeech(tiny_corpus, tmp / "LibriSpeech")
+        recipe = ["bash", "run.sh", "--librispeech-root", str(tmp / "LibriSpeech"),
+                  "--librispeech-splits", " ".join(SPLITS), "--expdir", str(tmp / "exp"), "--datadir", str(tmp / "data")]
+        run([*recipe, "--stage", "1", "--stop-stage", "1"])
+        manifests = tmp / "data/manifests"
+        run(["bash", "local/teacher/kmeans_labels.sh", "--manifest-dir", str(manifests), "--train-split", "train_clean_100",
+             "--splits", "train_clean_100 dev_clean", "--n-clusters", "500", "--out-dir", str(tmp / "labels")])
+        run(["fairseq-hydra-train", "--config-dir", str(REPO / "conf"), "--config-name", "teacher/hubert_tiny",
+             f"task.data={manifests}", f"task.label_dir={tmp / 'labels'}", "dataset.train_subset=train_clean_100",
+             "dataset.valid_subset=dev_clean", f"checkpoint.save_dir={tmp / 'base/checkpoints'}",
+             f"hydra.run.dir={tmp / 'base/hydra'}", *HUBERT_BASE, "optimization.max_update=2",
+             "lr_scheduler.warmup_updates=1", "dataset.max_tokens=200000", "checkpoint.no_save_optimizer_state=true"])
+        yield tmp, recipe, tmp / "base/checkpoints/checkpoint_last.pt"
 
 
 def test_teacher_is_a_released_base_checkpoint(rehearsal):

@@ -23,7 +23,7 @@ import yaml
 
 from fairseq_plugin.export import export
 from local.data.kaldi import read_dict
-from tests.conftest import REPO, run
+from tests.conftest import REPO, module_scratch, run
 from tests.test_rehearsal import SPLITS, make_librispeech
 
 VENV = REPO / ".venv-s3prl"
@@ -34,7 +34,10 @@ OPTIMIZER = {"name": "TorchOptim", "torch_optim_name": "Adam", "lr": 1.0e-2}
 
 def s3prl_tree(root: Path, words: set[str]) -> Path:
     """A stand-in for a checkout of s3prl: its code, PR's corpus readers, and small configs."""
-    subprocess.run([str(REPO / "local/setup_s3prl_env.sh")], check=True)
+    setup = subprocess.run([str(REPO / "local/setup_s3prl_env.sh")], capture_output=True, text=True)
+    if setup.returncode != 0:  # the last line first: pytest's summary shows one line
+        lines = (setup.stdout + setup.stderr).strip().splitlines() or [""]
+        raise AssertionError(f"setup_s3prl_env.sh failed ({setup.returncode}): {lines[-1]}\n" + "\n".join(lines[-40:]))
     site = next(VENV.glob("lib/python3*/site-packages"))
     shutil.copytree(site / "s3prl", root / "s3prl", ignore=shutil.ignore_patterns("__pycache__"))
     with tarfile.open(next((VENV / "src").glob("s3prl-0.4.10.tar.gz"))) as sdist:
@@ -84,14 +87,14 @@ def error_rate(hyp_ark: Path, ref_ark: Path, unit=str.split) -> float:
 
 
 @pytest.fixture(scope="module")
-def libri(tiny_corpus, tiny_student, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("s3prl_runner")
-    make_librispeech(tiny_corpus, tmp / "LibriSpeech")
-    words = {w.upper() for split in SPLITS.values() for t in read_dict(tiny_corpus / "data" / split / "text").values()
-             for w in t.split()}
-    export(tiny_student, tmp / "student", ["fairseq", "s3prl"])
-    (tmp / "db.sh").write_text(f"LIBRISPEECH={tmp / 'LibriSpeech'}\nSNIPS=\n")
-    return tmp, s3prl_tree(tmp / "s3prl_checkout", words)
+def libri(tiny_corpus, tiny_student, request, tmp_path_factory):
+    with module_scratch(request, tmp_path_factory, "s3prl_runner") as tmp:
+        make_librispeech(tiny_corpus, tmp / "LibriSpeech")
+        words = {w.upper() for split in SPLITS.values() for t in read_dict(tiny_corpus / "data" / split / "text").values()
+                 for w in t.split()}
+        export(tiny_student, tmp / "student", ["fairseq", "s3prl"])
+        (tmp / "db.sh").write_text(f"LIBRISPEECH={tmp / 'LibriSpeech'}\nSNIPS=\n")
+        yield tmp, s3prl_tree(tmp / "s3prl_checkout", words)
 
 
 @pytest.mark.slow
