@@ -1,5 +1,6 @@
 """Fill a teacher cache before training: the teacher runs once over the train and valid sets, and
-every student distilled afterwards reads its targets from disk (`task.speed.teacher_cache`).
+every student distilled afterwards reads its targets from disk (`task.speed.teacher_cache`), and
+with `task.speed.share_teacher_cnn` its input too.
 
     python -m fairseq_plugin.fill_teacher_cache --config-dir conf/distill --config-name tiny \\
         task.data=... task.teacher_checkpoint=... task.speed.teacher_cache=DIR hydra.run.dir=...
@@ -43,6 +44,9 @@ def fill(cfg: DictConfig) -> None:
         cache = task.teacher_caches[split]
         logger.info("%s: teacher run on %d utterances; %.0f%% cached in %s", split, computed,
                     100 * cache.filled_fraction(), cache.dir)
+        if split in task.input_caches:  # task.speed.share_teacher_cnn: the student's input too
+            inputs = task.input_caches[split]
+            logger.info("%s: student input %.0f%% cached in %s", split, 100 * inputs.filled_fraction(), inputs.dir)
 
 
 @hydra.main(config_path="pkg://fairseq.config", config_name="config", version_base="1.1")

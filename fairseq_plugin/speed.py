@@ -21,6 +21,9 @@
 - `teacher_cache`: a directory where the teacher's targets are kept on disk (memory-mapped
   fp16), so the teacher runs once per utterance, not once per epoch and per student. Off by
   default: crops become fixed per utterance and targets fp16 (`fairseq_plugin/teacher_cache.py`).
+- `cache_student_input`: with `share_teacher_cnn` and `teacher_cache`, the student's input (the
+  shared CNN's features, fp16) is cached beside the targets, so a cached step is the student's
+  Transformer alone. On by default where both are on; false runs the CNN on every batch.
 
 Always on, as it changes no number: the input of each Transformer layer is made contiguous.
 fairseq's encoder hands its layers a transposed (T x B x C) view; a linear layer on such a view
@@ -52,6 +55,9 @@ class SpeedConfig(FairseqDataclass):
     teacher_cache: str = field(
         default="", metadata={"help": "directory for the teacher's targets on disk (fp16, fixed crops); "
                                       "empty: run the teacher every step"})
+    cache_student_input: bool = field(
+        default=True, metadata={"help": "with share_teacher_cnn and teacher_cache: cache the student's input (the "
+                                        "CNN features, fp16) too, so a cached step runs no CNN"})
 
 
 def check(cfg: SpeedConfig) -> None:

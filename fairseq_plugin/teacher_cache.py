@@ -9,6 +9,11 @@ students of one teacher share it (e.g. one run per growth operator, as stage 3 m
     layer<k>.npy   float16 [frames, dim] for each cached teacher layer k, memory-mapped
     filled.npy     uint8 [N]: 1 once utterance i's rows are written
 
+With `task.speed.share_teacher_cnn`, the student's input (the teacher's CNN features after its
+layer norm) is just as fixed per crop, and a second cache of the same layout keeps it
+(`cnn.npy`, `task.speed.cache_student_input`): a batch read from disk then runs the student's
+Transformer and nothing else.
+
 It fills as batches come by: a batch whose utterances are all filled is read from disk (in the
 data loader's workers); otherwise the teacher runs and its outputs are written, rows first and
 flags after, so a run killed in between recomputes those utterances and never reads half rows.
@@ -25,7 +30,8 @@ What it changes, and why it is off by default:
   Base's group-norm CNN, padding in that batch shifts it slightly (as it does uncached).
 
 Disk cost: frames per hour x dim x 2 bytes x cached layers. HuBERT Base, layers 4/8/12, 50
-frames/s: 180,000 x 768 x 2 x 3 = 0.83 GB per hour of audio (0.80 TB for LibriSpeech 960 h).
+frames/s: 180,000 x 768 x 2 x 3 = 0.83 GB per hour of audio (0.80 TB for LibriSpeech 960 h); the
+student's input adds 180,000 x 512 x 2 = 0.18 GB per hour.
 """
 from __future__ import annotations
 
@@ -79,10 +85,16 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
-class TeacherCache:
-    """One split's cached targets. `frames[i]`: rows utterance i gets (its cropped length, in frames)."""
+def _file(key: int | str) -> str:
+    """A teacher layer k is `layer<k>.npy`; a named entry (`cnn`) is `<name>.npy`."""
+    return f"layer{key}.npy" if isinstance(key, int) else f"{key}.npy"
 
-    def __init__(self, root: str | Path, split: str, frames: np.ndarray, layers: list[int], dim: int,
+
+class TeacherCache:
+    """One split's cached targets. `frames[i]`: rows utterance i gets (its cropped length, in frames).
+    `layers` are teacher layers (ints), or names of other per-frame entries (`["cnn"]`)."""
+
+    def __init__(self, root: str | Path, split: str, frames: np.ndarray, layers: list[int] | list[str], dim: int,
                  fingerprint: dict):
         meta = {"format": FORMAT_VERSION, "split": split, "layers": sorted(layers), "dim": dim, **fingerprint}
         digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
@@ -103,7 +115,7 @@ class TeacherCache:
     def _open(self) -> None:
         self.index = np.load(self.dir / "index.npy")
         self.filled = np.load(self.dir / "filled.npy", mmap_mode="r+")
-        self.rows = {k: np.load(self.dir / f"layer{k}.npy", mmap_mode="r+") for k in self.layers}
+        self.rows = {k: np.load(self.dir / _file(k), mmap_mode="r+") for k in self.layers}
 
     # Data loader workers reopen the files instead of receiving copies of the arrays.
     def __getstate__(self) -> dict:
@@ -167,11 +179,10 @@ def _create(directory: Path, frames: np.ndarray, layers: list[int], dim: int, me
             np.save(tmp / "index.npy", np.concatenate([[0], np.cumsum(frames)]).astype(np.int64))
             np.lib.format.open_memmap(tmp / "filled.npy", mode="w+", dtype=np.uint8, shape=(len(frames),)).flush()
             for k in layers:
-                rows = np.lib.format.open_memmap(tmp / f"layer{k}.npy", mode="w+", dtype=np.float16,
-                                                 shape=(total, dim))
+                rows = np.lib.format.open_memmap(tmp / _file(k), mode="w+", dtype=np.float16, shape=(total, dim))
                 header = rows.offset
                 del rows
-                with open(tmp / f"layer{k}.npy", "r+b") as f:
+                with open(tmp / _file(k), "r+b") as f:
                     try:
                         os.posix_fallocate(f.fileno(), header, max(1, need // len(layers)))
                     except OSError as e:

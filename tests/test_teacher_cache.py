@@ -77,6 +77,41 @@ def test_cache_stores_the_teachers_targets_and_serves_them_without_the_teacher(t
     assert meta["layers"] == [1, 2] and meta["max_sample_size"] == MAX_SAMPLES
 
 
+def test_with_a_shared_cnn_a_cached_batch_is_the_student_alone(tiny_corpus, tiny_teacher, tmp_path):
+    """task.speed.share_teacher_cnn: the student's input (the CNN's features) is cached beside the
+    targets, so a batch read from disk runs neither the teacher nor its CNN."""
+    task = make_task(tiny_corpus, tiny_teacher, tmp_path / "cache", share_teacher_cnn=True)
+    inputs = task.input_caches["train"]
+    assert inputs.dir != task.teacher_caches["train"].dir and inputs.filled_fraction() == 0.0
+    first = batch(task, [0, 1, 2])
+    task.teacher_targets(first)
+    computed = first["net_input"]["features"].clone()
+    frames = first["target_frames"]
+    channels = task.teacher.layer_norm.weight.numel()
+    assert computed.shape[:2] == first["target_padding_mask"].shape and computed.size(2) == channels
+    for b, n in enumerate(frames.tolist()):  # stored as the cache keeps it: fp16, nothing past its own frames
+        assert computed[b, :n].abs().sum() > 0 and not computed[b, n:].any()
+    assert torch.equal(computed, computed.half().float())
+
+    def no_cnn(*args):
+        raise AssertionError("the CNN ran for a cached batch")
+
+    task.teacher.feature_extractor.forward = no_cnn
+    again = batch(task, [0, 1, 2])
+    task.teacher_targets(again)
+    assert again["targets_from_cache"] and torch.equal(again["net_input"]["features"], computed)
+    # The two caches fill together: a batch is read only when both hold it.
+    assert inputs.has(torch.tensor([0, 1, 2])) and not inputs.has(torch.tensor([3]))
+    assert (inputs.dir / "cnn.npy").is_file()
+
+    # cache_student_input=false: targets from disk, the CNN run for the student's input on every batch.
+    live = make_task(tiny_corpus, tiny_teacher, tmp_path / "cache", share_teacher_cnn=True, cache_student_input=False)
+    assert live.input_caches == {}
+    live.teacher.feature_extractor.forward = no_cnn
+    with pytest.raises(AssertionError, match="the CNN ran"):
+        live.teacher_targets(batch(live, [0, 1, 2]))
+
+
 def test_an_utterance_keeps_the_targets_of_the_batch_it_was_first_seen_in(tiny_corpus, tiny_teacher, tmp_path):
     task = make_task(tiny_corpus, tiny_teacher, tmp_path / "cache")
     cache = task.teacher_caches["train"]
@@ -114,16 +149,18 @@ def test_students_of_one_teacher_share_the_cache(tiny_corpus, tiny_teacher, tmp_
     second = distill(tiny_corpus, tiny_teacher, tmp_path / "none", "optimization.max_update=40",
                      "optimization.max_epoch=1", "model.encoder_layers=6", "task.growth.operator=none", cache)
     assert epoch_cache_shares(second.stdout + second.stderr) == [1.0]
-    assert len([d for d in (tmp_path / "cache").iterdir() if d.is_dir()]) == 2  # train and dev
+    # train and dev, each the targets and (the preset shares the teacher's CNN) the student's input
+    assert len([d for d in (tmp_path / "cache").iterdir() if d.is_dir()]) == 4
 
 
-def test_a_run_reading_the_cache_trains_like_the_run_that_filled_it(tiny_corpus, tiny_teacher, tmp_path):
+@pytest.mark.parametrize("shared_cnn", [False, True], ids=["targets", "targets_and_student_input"])
+def test_a_run_reading_the_cache_trains_like_the_run_that_filled_it(tiny_corpus, tiny_teacher, tmp_path, shared_cnn):
     # The second run reads every batch the first computed, and is stopped at update 3 (before the
     # growth at 3) and resumed: what a run killed after filling the cache does.
-    cache = f"task.speed.teacher_cache={tmp_path / 'cache'}"
-    distill(tiny_corpus, tiny_teacher, tmp_path / "filled", "optimization.max_update=6", *RESUME, cache)
-    distill(tiny_corpus, tiny_teacher, tmp_path / "read", "optimization.max_update=3", *RESUME, cache)
-    proc = distill(tiny_corpus, tiny_teacher, tmp_path / "read", "optimization.max_update=6", *RESUME, cache)
+    cache = [f"task.speed.teacher_cache={tmp_path / 'cache'}", f"task.speed.share_teacher_cnn={str(shared_cnn).lower()}"]
+    distill(tiny_corpus, tiny_teacher, tmp_path / "filled", "optimization.max_update=6", *RESUME, *cache)
+    distill(tiny_corpus, tiny_teacher, tmp_path / "read", "optimization.max_update=3", *RESUME, *cache)
+    proc = distill(tiny_corpus, tiny_teacher, tmp_path / "read", "optimization.max_update=6", *RESUME, *cache)
     assert "cached_targets=1" in proc.stdout + proc.stderr and "cached_targets=0" not in proc.stdout + proc.stderr
     a = torch.load(tmp_path / "filled/checkpoints/checkpoint_last.pt", weights_only=False)
     b = torch.load(tmp_path / "read/checkpoints/checkpoint_last.pt", weights_only=False)

@@ -5,7 +5,8 @@ deepest layer the loss needs) gives its layer outputs; the criterion compares th
 them. Before the step, the student grows if the schedule says so (`_grow_if_due`).
 
 With `task.speed.teacher_cache`, the teacher's targets come from disk where an earlier epoch or
-run left them (`fairseq_plugin/teacher_cache.py`).
+run left them (`fairseq_plugin/teacher_cache.py`); with `share_teacher_cnn` too, so does the
+student's input, and a step read from disk is the student's Transformer alone.
 
 The teacher is kept off the model on purpose: it is never put in train mode by `model.train()`,
 never enters a checkpoint, the optimizer or DDP.
@@ -79,12 +80,14 @@ class DistillationConfig(AudioPretrainingConfig):
 
 class CachedTargetsDataset(BaseWrapperDataset):
     """Crops each utterance the same way every epoch, and hands batches whose targets are all in
-    the teacher cache over with them (`cached_teacher`), read in the data loader's workers."""
+    the teacher cache over with them (`cached_teacher`), read in the data loader's workers; with
+    `inputs`, the student's cached input too (`cached_features`), and only when both are there."""
 
     def __init__(self, dataset, cache: teacher_cache.TeacherCache, split: str, max_samples: int, seed: int,
-                 convs: list[tuple[int, int]]):
+                 convs: list[tuple[int, int]], inputs: teacher_cache.TeacherCache | None = None):
         super().__init__(dataset)
         self.cache, self.split, self.max_samples, self.seed, self.convs = cache, split, max_samples, seed, convs
+        self.inputs = inputs
 
     def __getitem__(self, index):
         item = self.dataset[index]
@@ -99,10 +102,15 @@ class CachedTargetsDataset(BaseWrapperDataset):
         ids = batch["id"]
         batch["split"] = self.split
         batch["target_frames"] = self.cache.frames(ids)
-        if self.cache.has(ids):
+        if self.cache.has(ids) and (self.inputs is None or self.inputs.has(ids)):
             frames = teacher_cache.num_frames(batch["net_input"]["source"].size(1), self.convs)
             batch["cached_teacher"] = self.cache.read(ids, frames)
+            if self.inputs is not None:
+                batch["cached_features"] = self.inputs.read(ids, frames)[STUDENT_INPUT]
         return batch
+
+
+STUDENT_INPUT = "cnn"  # the student-input cache's one entry
 
 
 @register_task("hubert_distillation", dataclass=DistillationConfig)
@@ -149,6 +157,7 @@ class DistillationTask(AudioPretrainingTask):
         self.stages: list[growth.Stage] | None = None
         self.start_depth: int | None = None
         self.teacher_caches: dict[str, teacher_cache.TeacherCache] = {}
+        self.input_caches: dict[str, teacher_cache.TeacherCache] = {}  # the student's input, per split
         self._teacher_sha256: str | None = None
 
     @property
@@ -246,7 +255,16 @@ class DistillationTask(AudioPretrainingTask):
         logger.info("teacher targets for %s cached in %s (%.0f%% filled)", split, cache.dir,
                     100 * cache.filled_fraction())
         self.teacher_caches[split] = cache
-        return CachedTargetsDataset(dataset, cache, split, max_samples, cfg.seed, convs)
+        inputs = None
+        if cfg.speed.share_teacher_cnn and cfg.speed.cache_student_input:
+            channels = self.teacher.layer_norm.weight.numel()
+            inputs = teacher_cache.TeacherCache(cfg.speed.teacher_cache, split, frames, [STUDENT_INPUT], channels,
+                                                {**fingerprint, "content": "student input: the teacher's CNN "
+                                                                           "features after its layer norm"})
+            logger.info("student input for %s cached in %s (%.0f%% filled)", split, inputs.dir,
+                        100 * inputs.filled_fraction())
+            self.input_caches[split] = inputs
+        return CachedTargetsDataset(dataset, cache, split, max_samples, cfg.seed, convs, inputs)
 
     # -- teacher ----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -280,21 +298,37 @@ class DistillationTask(AudioPretrainingTask):
         cache = self.teacher_caches.get(sample.get("split"))
         if cache is None:
             return self.teacher_outputs(sample)
+        inputs = self.input_caches.get(sample.get("split"))
         sample["targets_from_cache"] = "cached_teacher" in sample
         if sample["targets_from_cache"]:
             targets = sample["cached_teacher"]
-            if self.cfg.speed.share_teacher_cnn:
-                source = self._teacher_input(sample)
-                with self._frozen_teacher_on(source) as teacher:
-                    features = cnn_features(teacher, source)
-                sample["net_input"]["features"] = features.to(sample["net_input"]["source"].dtype)
         else:  # rounded as the cache stores them, so a batch trains the same whether read or computed
             targets = {k: v.to(torch.float16) for k, v in self.teacher_outputs(sample).items()}
             cache.write(sample["id"], targets)
         first = next(iter(targets.values()))
         frame = torch.arange(first.size(1), device=first.device)
         sample["target_padding_mask"] = frame[None, :] >= sample["target_frames"].to(first.device)[:, None]
+        if inputs is not None:
+            self._student_input_through_cache(sample, inputs)
+        elif sample["targets_from_cache"] and self.cfg.speed.share_teacher_cnn:
+            source = self._teacher_input(sample)
+            with self._frozen_teacher_on(source) as teacher:
+                features = cnn_features(teacher, source)
+            sample["net_input"]["features"] = features.to(sample["net_input"]["source"].dtype)
         return targets
+
+    def _student_input_through_cache(self, sample, inputs: teacher_cache.TeacherCache) -> None:
+        """The student's input read from the cache, or the one the teacher just computed, stored as
+        the cache keeps it: fp16, zero past each utterance's own frames (the frames the cache holds),
+        so that a batch trains the same read or computed."""
+        dtype = sample["net_input"]["source"].dtype
+        if sample["targets_from_cache"]:
+            features = sample["cached_features"].to(sample["net_input"]["source"].device)
+        else:
+            features = sample["net_input"]["features"].to(torch.float16)
+            features = features.masked_fill(sample["target_padding_mask"][..., None], 0)
+            inputs.write(sample["id"], {STUDENT_INPUT: features})
+        sample["net_input"]["features"] = features.to(dtype)
 
     # -- growth -----------------------------------------------------------------------------
     def _grow_if_due(self, sample, model, criterion, optimizer, update_num: int) -> None:
