@@ -41,6 +41,23 @@ cd "$(dirname "$0")"
 . utils/parse_options.sh
 
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (${0##*/}:${BASH_LINENO[0]}) $*"; }
+# Each stage's wall time, printed at the end (and kept in ${expdir}/stage_times.tsv).
+stage_times=()
+stage_begin() { _stage_start=${SECONDS}; }
+stage_end() { stage_times+=("$1 $((SECONDS - _stage_start))"); }
+print_stage_times() {
+  local line n s total=0
+  [ "${#stage_times[@]}" -gt 0 ] || return 0
+  mkdir -p "${expdir}"
+  printf 'stage\tseconds\n' > "${expdir}/stage_times.tsv"
+  for line in "${stage_times[@]}"; do
+    read -r n s <<< "${line}"
+    total=$((total + s))
+    printf '%s\t%s\n' "${n}" "${s}" >> "${expdir}/stage_times.tsv"
+    log "stage ${n}: $((s / 60)) min $((s % 60)) s"
+  done
+  log "stages ${stage}-${stop_stage}: $((total / 60)) min $((total % 60)) s in all"
+}
 abspath() { realpath -m "$1"; }
 # export_upstream SRC NAME [--random-init]: a teacher or student as fairseq HuBERT + S3PRL checkpoints
 # in ${upstream_dir}/NAME, shared by stages 4 and 5; kept while its stamp (SRC's sha256 and the
@@ -80,6 +97,7 @@ upstream_dir=$(abspath "${expdir}/upstreams")
 manifests=$(abspath "${datadir}/manifests")
 
 if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
+  stage_begin
   if [ -n "${librispeech_root}" ]; then
     log "Stage 1: LibriSpeech (${librispeech_splits}) from ${librispeech_root} -> ${datadir}"
     # shellcheck disable=SC2086
@@ -91,9 +109,11 @@ if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
       --config "${corpus_config}" --corpus-dir "${corpus_dir}" --data-dir "${datadir}" --nj "${nj}"
   fi
   python -m local.data.summary "${datadir}"
+  stage_end 1
 fi
 
 if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
+  stage_begin
   if [ -n "${teacher_ckpt}" ]; then
     log "Stage 2: checking the teacher ${teacher_ckpt} -> ${teacher_dir}/teacher.pt"
     python -m local.teacher.install "${teacher_ckpt}" "${teacher_dir}/teacher.pt"
@@ -114,9 +134,11 @@ if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
       --split "${valid_set}" --out "${teacher_dir}/accuracy.md"
     cat "${teacher_dir}/accuracy.md"
   fi
+  stage_end 2
 fi
 
 if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
+  stage_begin
   # Device and batch: the preset's utterances per update on any GPU count (local/distill/batch.py).
   read -r -a device_opts <<< "$(python -m local.distill.batch --preset "${preset}" --ngpu "${ngpu}")"
   read -r -a extra_opts <<< "${distill_args}"  # split on spaces, never globbed; last, so they win
@@ -136,8 +158,10 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
   log "Stage 3: comparing the runs -> ${distill_dir}/report.md, ${distill_dir}/loss_vs_wallclock.png"
   # shellcheck disable=SC2086
   python -m local.distill.report "${distill_dir}" --runs ${operators}
+  stage_end 3
 fi
 if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
+  stage_begin
   student_op=${operators%% *}
   log "Stage 4: ESPnet ASR (${asr_config}) on a frozen teacher, the ${student_op} student and a random-init student"
   export_upstream "${teacher_dir}/teacher.pt" teacher
@@ -154,8 +178,10 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
   # WER/CER read back from sclite's score_{wer,cer}/result.txt -> results.md; all sclite tables -> RESULTS.md
   python -m local.asr.report "${asr_dir}" --exps "${exps[@]}" --test-set "${test_set}" \
     --inference "$(basename "${inference_config}" .yaml)"
+  stage_end 4
 fi
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ] && [ -n "${librispeech_root}" ]; then
+  stage_begin
   # SUPERB proper: S3PRL's own run_downstream.py (train, then evaluate) in .venv-s3prl, on the
   # corpora db.sh names, for the teacher and every stage-3 student. Checked before any export.
   superb_dir=$(abspath "${expdir}/superb")
@@ -173,7 +199,9 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ] && [ -n "${librispeech_root
   log "Stage 5: ${superb_tasks} -> ${superb_dir}/<upstream>/<task>/ (train.log, test.log), ${superb_dir}/results.md"
   python -m local.superb.s3prl_runner "${superb_opts[@]}" --out "${superb_dir}" --ngpu "${ngpu}" \
     --cmd "${job_cmd}" "${upstreams[@]}"
+  stage_end 5
 elif [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
+  stage_begin
   superb_dir=$(abspath "${expdir}/superb")
   upstreams=()
   export_upstream "${teacher_dir}/teacher.pt" teacher
@@ -188,5 +216,7 @@ elif [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
   ${train_cmd} "${superb_dir}/log/superb.log" python -m local.superb.run --config "${superb_config}" \
     --datadir "${datadir}" --out "${superb_dir}" --nj "${nj}" --ngpu "${ngpu}" "${upstreams[@]}"
   cat "${superb_dir}/results.md"
+  stage_end 5
 fi
 log "Finished stages ${stage}-${stop_stage}"
+print_stage_times

@@ -2,6 +2,7 @@
 preset, and `run.sh --distill-args` reaches fairseq-hydra-train."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -73,3 +74,7 @@ def test_run_sh_distils_a_preset_that_does_not_grow_once(tiny_corpus, tiny_teach
     assert ckpt["cfg"]["model"]["encoder_layers"] == 2 and ckpt["cfg"]["model"]["encoder_embed_dim"] == 48
     assert "none" in (distill_dir / "report.md").read_text()
     assert "growth interleaved" not in proc.stdout
+    # each stage's wall time at the end, and in stage_times.tsv
+    assert re.search(r"stage 3: \d+ min \d+ s\n.*stages 3-3: \d+ min \d+ s in all", proc.stdout)
+    times = (tmp_path / "exp/stage_times.tsv").read_text().splitlines()
+    assert times[0] == "stage\tseconds" and times[1].split("\t")[0] == "3" and int(times[1].split("\t")[1]) > 0
