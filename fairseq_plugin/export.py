@@ -20,6 +20,12 @@ pickle the label `Dictionary` in `task_state`; here it is the text file, which f
 task reads from the data dir when `task_state` is absent.) A teacher is exported the same way,
 rewritten, never copied byte for byte: whatever else its file carried is not passed on.
 
+`--layers 2,4,6,8,10,12` (or `--depth 6`) exports a shallower model made of those layers, in
+order: a plain HuBERT checkpoint of that depth, loaded everywhere the full one loads. `--depth d`
+keeps d layers spread evenly over the model's relative depth, the last always among them
+(`layers_for_depth`): for an interleaved-grown student, whose first layers each became a block
+of neighbours, that drops copies inside blocks and keeps every block.
+
 The HuBERT pre-training heads that a plain checkpoint must carry (`mask_emb`, `final_proj`,
 `label_embs_concat`, one dummy label dictionary) are freshly initialised for a student: nothing
 reads them when extracting features.
@@ -27,6 +33,7 @@ reads them when extracting features.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from pathlib import Path
@@ -194,14 +201,39 @@ def to_huggingface(hubert: HubertModel, cfg) -> "transformers.HubertModel":  # n
     return hf.eval()
 
 
-def export(checkpoint: Path, out_dir: Path, formats: list[str], random_init: bool = False) -> list[Path]:
-    """Export a student (or a fairseq HuBERT teacher, rewritten) into `out_dir`."""
+def layers_for_depth(total: int, depth: int) -> list[int]:
+    """`depth` of `total` layers (1-based) at evenly spread relative depths, the last kept:
+    12 -> 6: 2, 4, 6, 8, 10, 12; 12 -> 3: 4, 8, 12."""
+    if not 1 <= depth <= total:
+        raise ValueError(f"--depth {depth}: the model has {total} layers; choose 1..{total}")
+    return [math.floor(k * total / depth + 0.5) for k in range(1, depth + 1)]
+
+
+def keep_layers(hubert: HubertModel, state: dict, layers: list[int], source: Path) -> None:
+    """Cut `hubert` (and its checkpoint dict) down to `layers` (1-based, increasing), in place."""
+    total = len(hubert.encoder.layers)
+    if not layers or any(not 1 <= k <= total for k in layers) or layers != sorted(set(layers)):
+        raise ValueError(f"--layers {','.join(map(str, layers))}: {source} has {total} layers; give increasing, "
+                         f"distinct layers in 1..{total}")
+    hubert.encoder.layers = torch.nn.ModuleList([hubert.encoder.layers[k - 1] for k in layers])
+    state["model"] = hubert.state_dict()
+    state["cfg"]["model"]["encoder_layers"] = len(layers)
+
+
+def export(checkpoint: Path, out_dir: Path, formats: list[str], random_init: bool = False,
+           layers: list[int] | None = None, depth: int | None = None) -> list[Path]:
+    """Export a student (or a fairseq HuBERT teacher, rewritten) into `out_dir`; with `layers` or
+    `depth`, only those of its layers (`keep_layers`, `layers_for_depth`)."""
     model_name, _ = model_and_task_names(read_checkpoint(checkpoint), checkpoint)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if model_name == "hubert" and not random_init:
         hubert, state, dictionaries = teacher_checkpoint(checkpoint)
     else:
         hubert, state, dictionaries = to_fairseq_hubert(load_student(checkpoint, random_init))
+    if depth is not None:
+        layers = layers_for_depth(len(hubert.encoder.layers), depth)
+    if layers is not None:
+        keep_layers(hubert, state, layers, checkpoint)
+    out_dir.mkdir(parents=True, exist_ok=True)
     written = [save_hubert(state, dictionaries, out_dir / "hubert.pt")]
     if "s3prl" in formats:
         atomic_save(lambda tmp: torch.save(s3prl_checkpoint(state, dictionaries), tmp), out_dir / "s3prl.pt")
@@ -220,11 +252,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--formats", nargs="+", default=["fairseq", "s3prl", "hf"], choices=["fairseq", "s3prl", "hf"])
     parser.add_argument("--random-init", action="store_true", help="the student's architecture with fresh weights")
+    depth = parser.add_mutually_exclusive_group()
+    depth.add_argument("--layers", type=lambda text: [int(k) for k in text.split(",")], metavar="1,4,5,8",
+                       help="export only these layers (1-based, increasing), in order")
+    depth.add_argument("--depth", type=int, help="export this many layers, evenly spread, the last kept")
     args = parser.parse_args(argv)
     try:
-        for path in export(args.student, args.out_dir, args.formats, args.random_init):
+        for path in export(args.student, args.out_dir, args.formats, args.random_init, args.layers, args.depth):
             print(f"wrote {path}")
-    except CheckpointError as exc:
+    except (CheckpointError, ValueError) as exc:
         sys.exit(f"error: {exc}")
 
 

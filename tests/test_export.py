@@ -12,7 +12,7 @@ from fairseq import checkpoint_utils
 from fairseq.data import Dictionary
 
 from fairseq_plugin.checkpoints import CheckpointError, load_speech_model
-from fairseq_plugin.export import export, load_student
+from fairseq_plugin.export import export, layers_for_depth, load_student
 
 TOL = dict(rtol=1e-4, atol=1e-4)  # same fp32 operations; only kernel choices may differ
 
@@ -119,3 +119,58 @@ def test_teacher_and_random_init_exports(tiny_teacher, tiny_student, tmp_path):
     (random,), cfg, _ = checkpoint_utils.load_model_ensemble_and_task([str(tmp_path / "random/hubert.pt")])
     assert len(random.encoder.layers) == len(trained.encoder.layers)
     assert not torch.equal(random.encoder.layers[0].fc1.weight, trained.encoder.layers[0].fc1.weight)
+
+
+def test_depths_keep_layers_spread_evenly_and_the_last():
+    assert layers_for_depth(12, 6) == [2, 4, 6, 8, 10, 12]
+    assert layers_for_depth(12, 3) == [4, 8, 12]
+    assert layers_for_depth(12, 9) == [1, 3, 4, 5, 7, 8, 9, 11, 12]
+    assert layers_for_depth(12, 12) == list(range(1, 13))
+    with pytest.raises(ValueError, match="--depth 13: the model has 12 layers"):
+        layers_for_depth(12, 13)
+
+
+def test_export_at_a_chosen_depth_loads_as_a_shallower_hubert(exported, tiny_student, tmp_path):
+    from s3prl.nn import S3PRLUpstream
+    from transformers import HubertModel as HfHubert
+
+    _, wav, layers = exported
+    student = load_student(tiny_student)
+    # a prefix of the layers gives the full model's first outputs, unchanged
+    export(tiny_student, tmp_path / "prefix", ["fairseq"], layers=[1, 2])
+    (prefix,), _, _ = checkpoint_utils.load_model_ensemble_and_task([str(tmp_path / "prefix/hubert.pt")])
+    with torch.no_grad():
+        for k in (1, 2):
+            got = prefix.eval().extract_features(wav, padding_mask=None, mask=False, output_layer=k)[0]
+            torch.testing.assert_close(got, layers[k - 1], **TOL)
+    # any increasing set: those layers' weights, in order, in every format
+    export(tiny_student, tmp_path / "picked", ["fairseq", "s3prl", "hf"], layers=[2, 4, 6])
+    (picked,), cfg, _ = checkpoint_utils.load_model_ensemble_and_task([str(tmp_path / "picked/hubert.pt")])
+    assert cfg.model.encoder_layers == len(picked.encoder.layers) == 3
+    for new, old in zip(picked.encoder.layers, (2, 4, 6)):
+        assert torch.equal(new.fc1.weight, student.encoder.layers[old - 1].fc1.weight)
+    lens = torch.tensor([wav.shape[1]] * wav.shape[0])
+    with torch.no_grad():
+        last = picked.eval().extract_features(wav, padding_mask=None, mask=False, output_layer=3)[0]
+        s3prl_layers = S3PRLUpstream("hubert_local", path_or_url=str(tmp_path / "picked/s3prl.pt")).eval()(wav, lens)[0]
+        hf = HfHubert.from_pretrained(tmp_path / "picked/hf", local_files_only=True).eval()
+        hf_last = hf(wav).last_hidden_state
+    assert len(s3prl_layers) == 4 and hf.config.num_hidden_layers == 3
+    torch.testing.assert_close(s3prl_layers[-1][:, : last.shape[1]], last, **TOL)
+    torch.testing.assert_close(hf_last, last, **TOL)
+
+
+def test_export_refuses_layers_the_model_does_not_have(tiny_student, tmp_path):
+    with pytest.raises(ValueError, match=r"--layers 0,7: .*student.pt has 6 layers; give increasing, distinct layers in 1..6"):
+        export(tiny_student, tmp_path / "out", ["fairseq"], layers=[0, 7])
+    with pytest.raises(ValueError, match="--layers 4,2"):
+        export(tiny_student, tmp_path / "out", ["fairseq"], layers=[4, 2])
+    assert not (tmp_path / "out").exists()  # nothing half-written
+    proc = subprocess.run([sys.executable, "-m", "fairseq_plugin.export", str(tiny_student), str(tmp_path / "out"),
+                           "--depth", "9"], capture_output=True, text=True)
+    assert proc.returncode == 1 and "error: --depth 9: the model has 6 layers; choose 1..6" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "fairseq_plugin.export", str(tiny_student), str(tmp_path / "out"),
+                           "--depth", "3", "--formats", "fairseq"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    (model,), _, _ = checkpoint_utils.load_model_ensemble_and_task([str(tmp_path / "out/hubert.pt")])
+    assert len(model.encoder.layers) == 3
