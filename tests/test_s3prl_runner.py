@@ -10,6 +10,7 @@ cut to a few steps and a tiny head.
 """
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -147,3 +148,16 @@ def test_stage5_on_real_data_without_task_data_says_what_it_needs(tmp_path):
                 str(tmp_path / "s3prl"), "--db", str(tmp_path / "db.sh")], check=False)
     assert proc.returncode == 2
     assert f"sf: set SNIPS= in {tmp_path / 'db.sh'}" in proc.stderr
+
+
+def test_runner_table_is_stage_5s_table(tmp_path):
+    """S3PRL's scores land in the same results.md / results.csv as mini-SUPERB's, in its column
+    order; a score the run did not give shows as '-'."""
+    from local.superb.s3prl_runner import write_results
+
+    table = write_results({"teacher": {"asr": 9.5, "pr": 12.25}, "student": {"pr": float("nan")}}, tmp_path)
+    assert "| upstream | PR PER (%) | ASR WER (%) |" in table
+    assert "| teacher | 12.25 | 9.50 |" in table and "| student | - | - |" in table
+    rows = list(csv.reader((tmp_path / "results.csv").open()))
+    assert rows == [["upstream", "seed", "pr", "asr"], ["teacher", "-", "12.25", "9.50"], ["student", "-", "-", ""]]
+    assert (tmp_path / "results.md").read_text() == table

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import statistics
 from pathlib import Path
 
@@ -12,30 +13,39 @@ from local.superb.columns import METRICS
 
 
 def mean_std(values: list[float]) -> str:
+    if not all(math.isfinite(v) for v in values):
+        return "-"  # a score the run did not give
     if len(values) == 1:
         return f"{values[0]:.2f}"
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def write_reports(results: dict[str, dict], chance: dict[str, list[float]], out: Path) -> str:
-    """`results.md` (mean +- std over seeds), `results.csv` (every seed's score), and the figures."""
-    metrics = [m for m in METRICS if any(m in r["scores"] for r in results.values())]
-    seeds = next(iter(results.values())).get("seeds", [])
+def write_table(rows: dict[str, dict[str, list[float]]], seeds: dict[str, list], caption: str, out: Path) -> str:
+    """Stage 5's table, mini-SUPERB's and S3PRL runner's alike: `results.md`, one row per upstream
+    (mean +- std where there are several seeds), and `results.csv`, one row per upstream and seed."""
+    metrics = [m for m in METRICS if any(m in scores for scores in rows.values())]
     head = ["upstream", *(METRICS[m] for m in metrics)]
-    lines = [f"Test split; mean ± std over head seeds {seeds}; `chance`: a head that learned nothing "
-             "(no output, or the most frequent training class).", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [caption, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     buf = io.StringIO()
-    writer = csv.writer(buf)
+    writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["upstream", "seed", *metrics])
-    for name, r in [*results.items(), ("chance", {"scores": chance})]:
-        lines.append("| " + " | ".join([name, *(mean_std(r["scores"][m]) if m in r["scores"] else "-"
-                                                 for m in metrics)]) + " |")
-        for i, seed in enumerate(r.get("seeds", ["-"])):
-            writer.writerow([name, seed, *(f"{r['scores'][m][i]:.2f}" if m in r["scores"] else "" for m in metrics)])
+    for name, scores in rows.items():
+        lines.append("| " + " | ".join([name, *(mean_std(scores[m]) if m in scores else "-" for m in metrics)]) + " |")
+        for i, seed in enumerate(seeds.get(name, ["-"])):
+            writer.writerow([name, seed, *(mean_std([scores[m][i]]) if m in scores else "" for m in metrics)])
     table = "\n".join(lines) + "\n"
     atomic_write_text(out / "results.md", table)
     atomic_write_text(out / "results.csv", buf.getvalue())
+    return table
+
+
+def write_reports(results: dict[str, dict], chance: dict[str, list[float]], out: Path) -> str:
+    """Mini-SUPERB's `results.md` (mean +- std over seeds), `results.csv` (every seed's score), and the figures."""
+    seeds = next(iter(results.values())).get("seeds", [])
+    caption = (f"Test split; mean ± std over head seeds {seeds}; `chance`: a head that learned nothing "
+               "(no output, or the most frequent training class).")
+    table = write_table({**{name: r["scores"] for name, r in results.items()}, "chance": chance},
+                        {name: r.get("seeds", ["-"]) for name, r in results.items()}, caption, out)
     _plot(results, out)
     return table
 

@@ -35,7 +35,6 @@ import csv
 import functools
 import io
 import json
-import math
 import os
 import re
 import shlex
@@ -49,7 +48,6 @@ import soundfile
 import yaml
 
 from local import stamp
-from local.superb.columns import METRICS as COLUMNS  # stage 5's table, in its order
 
 REPO = Path(__file__).resolve().parents[2]
 VENV = REPO / ".venv-s3prl"
@@ -292,26 +290,13 @@ class Runner:
 
 
 def write_results(results: dict[str, dict[str, float]], out: Path) -> str:
-    """`results.md` in stage 5's table format (one row per upstream) and `results.csv`."""
-    from fairseq_plugin.atomic_io import atomic_write_text
+    """`results.md` and `results.csv` in stage 5's table format, one row per upstream."""
+    from local.superb.report import write_table
 
-    columns = [c for c in COLUMNS if any(c in scores for scores in results.values())]
-    head = ["upstream", *(COLUMNS[c] for c in columns)]
-    lines = ["Test split of each task; S3PRL's run_downstream.py: train, then evaluate the checkpoint "
-             "it kept as best on dev (its last one where it kept none: `<upstream>/<task>/scores.json` "
-             "says which); one run per upstream and task.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["upstream", *columns])
-    for name, scores in results.items():
-        row = [f"{scores[c]:.2f}" if c in scores and math.isfinite(scores[c]) else "-" for c in columns]
-        lines.append("| " + " | ".join([name, *row]) + " |")
-        writer.writerow([name, *row])
-    table = "\n".join(lines) + "\n"
-    atomic_write_text(out / "results.md", table)
-    atomic_write_text(out / "results.csv", buf.getvalue())
-    return table
+    caption = ("Test split of each task; S3PRL's run_downstream.py: train, then evaluate the checkpoint "
+               "it kept as best on dev (its last one where it kept none: `<upstream>/<task>/scores.json` "
+               "says which); one run per upstream and task.")
+    return write_table({name: {m: [v] for m, v in scores.items()} for name, scores in results.items()}, {}, caption, out)
 
 
 def main(argv: list[str] | None = None) -> None:
