@@ -35,6 +35,7 @@ bpemode=bpe                 # stage 4: sentencepiece model type, unigram or bpe 
 inference_config=conf/asr/decode_ctc_greedy.yaml  # stage 4: decoding options (ESPnet's --inference_config)
 superb_tasks=""             # stage 5 on real data: SUPERB tasks for S3PRL's run_downstream.py (pr asr sf ks sid; corpora in db.sh)
 s3prl_root=""               # stage 5 on real data: a checkout of github.com/s3prl/s3prl (configs, lexicons, runner)
+upstream_depths=""          # stages 4, 5: also evaluate the students cut to these depths (export --depth), e.g. "3 6 9"
 superb_config=conf/superb/mini.yaml  # stage 5: mini-SUPERB tasks, budgets and learning rates
 
 cd "$(dirname "$0")"
@@ -167,8 +168,13 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
   export_upstream "${teacher_dir}/teacher.pt" teacher
   export_upstream "${distill_dir}/${student_op}/student.pt" "${student_op}"
   export_upstream "${distill_dir}/${student_op}/student.pt" random_init --random-init
+  depth_tags=()
+  for d in ${upstream_depths}; do
+    export_upstream "${distill_dir}/${student_op}/student.pt" "${student_op}_depth${d}" --depth "${d}"
+    depth_tags+=("${student_op}_depth${d}")
+  done
   exps=()
-  for tag in teacher "${student_op}" random_init; do
+  for tag in teacher "${student_op}" "${depth_tags[@]}" random_init; do
     local/asr/asr.sh --tag "${tag}" --upstream-dir "${upstream_dir}/${tag}" --config "${asr_config}" --nbpe "${nbpe}" \
       --bpemode "${bpemode}" --inference-config "${inference_config}" \
       --datadir "${datadir}" --train-set "${train_set}" --valid-set "${valid_set}" --test-set "${test_set}" \
@@ -194,6 +200,10 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ] && [ -n "${librispeech_root
   for op in ${operators}; do
     export_upstream "${distill_dir}/${op}/student.pt" "${op}"
     upstreams+=(--upstream "${op}=${upstream_dir}/${op}/s3prl.pt")
+    for d in ${upstream_depths}; do
+      export_upstream "${distill_dir}/${op}/student.pt" "${op}_depth${d}" --depth "${d}"
+      upstreams+=(--upstream "${op}_depth${d}=${upstream_dir}/${op}_depth${d}/s3prl.pt")
+    done
   done
   if [ "${ngpu}" -gt 0 ]; then job_cmd="${cuda_cmd} --gpu 1"; else job_cmd=${train_cmd}; fi
   log "Stage 5: ${superb_tasks} -> ${superb_dir}/<upstream>/<task>/ (train.log, test.log), ${superb_dir}/results.md"
@@ -205,11 +215,18 @@ elif [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
   superb_dir=$(abspath "${expdir}/superb")
   upstreams=()
   export_upstream "${teacher_dir}/teacher.pt" teacher
+  names=(teacher)
   for op in ${operators}; do
     export_upstream "${distill_dir}/${op}/student.pt" "${op}"
+    names+=("${op}")
+    for d in ${upstream_depths}; do
+      export_upstream "${distill_dir}/${op}/student.pt" "${op}_depth${d}" --depth "${d}"
+      names+=("${op}_depth${d}")
+    done
   done
   export_upstream "${distill_dir}/${operators%% *}/student.pt" random_init --random-init
-  for name in teacher ${operators} random_init; do
+  names+=(random_init)
+  for name in "${names[@]}"; do
     upstreams+=(--upstream "${name}=${upstream_dir}/${name}/s3prl.pt")
   done
   log "Stage 5: mini-SUPERB (${superb_config}: PR, ASR, SF, KS, SID) -> ${superb_dir}/results.{md,csv}, curves.png, layer_weights.png (log: ${superb_dir}/log/superb.log)"

@@ -102,7 +102,7 @@ def test_real_path_stages_2_to_4(rehearsal, tmp_path):
     # stage 5 on real data needs S3PRL task data: tests/test_s3prl_runner.py
     run([*recipe, "--stage", "2", "--stop-stage", "4", "--teacher-ckpt", str(teacher), "--preset", "paper",
          "--operators", "interleaved", "--distill-args", " ".join(PAPER_CUT),
-         "--asr-config", str(tmp_path / "asr.yaml"), "--nbpe", "30"])
+         "--asr-config", str(tmp_path / "asr.yaml"), "--nbpe", "30", "--upstream-depths", "6"])
     log = (tmp / "exp/distill/interleaved/train.log").read_text()
     # the paper's targets 4/8/12 of the Base teacher, growth at the schedule's updates, workers on
     assert "distilling teacher layers 4, 8, 12 of 12" in log
@@ -111,10 +111,13 @@ def test_real_path_stages_2_to_4(rehearsal, tmp_path):
     assert "'num_workers': 2" in log
     student = read_checkpoint(tmp / "exp/distill/interleaved/student.pt")
     assert int(student["model"]["depth"]) == 12
-    # stage 4: ESPnet on the exported teacher, student and random init, each decoded and scored
+    # stage 4: ESPnet on the exported teacher, student (and the student cut to 6 layers) and random init,
+    # each decoded and scored
     results = (tmp / "exp/asr/results.md").read_text()
-    for tag in ("teacher", "interleaved", "random_init"):
-        assert tag in results
+    for tag in ("teacher", "interleaved", "interleaved_depth6", "random_init"):
+        assert f"| {tag} |" in results, results
+    cut = read_checkpoint(tmp / "exp/upstreams/interleaved_depth6/hubert.pt")
+    assert cut["cfg"]["model"]["encoder_layers"] == 6
 
 
 def test_two_processes_of_the_paper_preset(rehearsal, tmp_path):

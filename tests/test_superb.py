@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import shutil
 
 import yaml
+from fairseq import checkpoint_utils
 
 from fairseq_plugin.export import export
 from local.superb import run as superb
-from tests.conftest import REPO
+from tests.conftest import REPO, run
 
 
 def test_mini_superb_end_to_end(tiny_corpus, tiny_student, tmp_path):
@@ -77,3 +80,30 @@ def test_padded_bilstm_is_the_packed_bilstm():
     (grad,) = torch.autograd.grad((y * mask).sum(), padded)
     (ref_grad,) = torch.autograd.grad((ref * mask).sum(), padded)
     assert torch.allclose(grad, ref_grad, atol=1e-6)
+
+
+def test_run_sh_stage_5_scores_the_students_at_chosen_depths(tiny_corpus, tiny_teacher, tiny_student, tmp_path):
+    """`./run.sh --stage 5 --upstream-depths "2 4"`: each student is also exported cut to those
+    depths (`export --depth`) and scored beside the full one."""
+    exp = tmp_path / "exp"
+    (exp / "teacher").mkdir(parents=True)
+    (exp / "distill/interleaved").mkdir(parents=True)
+    shutil.copy(tiny_teacher, exp / "teacher/teacher.pt")
+    shutil.copy(tiny_student, exp / "distill/interleaved/student.pt")
+    cfg = yaml.safe_load((REPO / "conf/superb/mini.yaml").read_text())
+    cfg["seeds"] = [0]
+    for task in cfg["tasks"].values():
+        task["steps"] = 3
+    (tmp_path / "mini.yaml").write_text(yaml.safe_dump(cfg))
+    proc = run(["./run.sh", "--stage", "5", "--stop-stage", "5", "--operators", "interleaved", "--expdir", str(exp),
+                "--datadir", str(tiny_corpus / "data"), "--superb-config", str(tmp_path / "mini.yaml"),
+                "--upstream-depths", "2 4"])
+    rows = [r[0] for r in csv.reader((exp / "superb/results.csv").open())][1:]
+    assert rows == ["teacher", "interleaved", "interleaved_depth2", "interleaved_depth4", "random_init", "chance"]
+    for depth in (2, 4):
+        (model,), _, _ = checkpoint_utils.load_model_ensemble_and_task(
+            [str(exp / f"upstreams/interleaved_depth{depth}/hubert.pt")])
+        assert len(model.encoder.layers) == depth
+        weights = json.loads((exp / f"superb/interleaved_depth{depth}/scores.json").read_text())["layer_weights"]
+        assert all(len(w) == depth + 1 for w in weights.values())  # CNN output + the kept layers
+    assert re.search(r"stage 5: \d+ min \d+ s", proc.stdout)
