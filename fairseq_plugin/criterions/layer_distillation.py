@@ -9,6 +9,11 @@ so the targets stay put while the student grows (at 3 layers: 1/2/3; at 12: 4/8/
 target_layers=last every head reads the last layer instead (DistilHuBERT). D is MSE (the
 interleaved-stacking paper), or L1 - log sigmoid(cosine) (DistilHuBERT, DPHuBERT). Padded
 frames are excluded.
+
+With layer dropping (`task.dynamic`, `fairseq_plugin/layer_drop.py`), the student that ran only
+its kept layers is scored the same way, its layers at their relative depth among those kept;
+with `reference_weight` > 0 (DLD) the full-depth student is scored too and the dropped one's
+last output is pulled towards the full one's.
 """
 from __future__ import annotations
 
@@ -68,12 +73,44 @@ class LayerDistillationCriterion(FairseqCriterion):
             return self._loss(model, sample)
 
     def _loss(self, model, sample):
-        out = model(**sample["net_input"])
         student = unwrap_student(model)
+        kept = sample.get("kept_layers")  # this update's layer-dropping gates (fairseq_plugin/layer_drop.py)
+        reference_weight = self.task.cfg.dynamic.reference_weight
+        logging_output = {}
+        if kept is None or reference_weight > 0:  # the full-depth student
+            full = model(**sample["net_input"])
+            keep = self._frames_to_score(full, sample)
+            loss, logging_output = self._distill(student, full["layers"], sample["teacher"], keep)
+            last = full["layers"][-1]
+        if kept is not None:  # the student with only `kept` layers
+            dropped = model(**sample["net_input"], layers=kept)
+            keep = self._frames_to_score(dropped, sample)
+            dropped_loss, dropped_log = self._distill(student, dropped["layers"], sample["teacher"], keep)
+            if reference_weight > 0:  # DLD: both distilled, the dropped one also pulled to the full one's output
+                reference = self.distance(student.heads[0](dropped["layers"][-1]), student.heads[0](last).detach(),
+                                          keep)
+                loss = loss + dropped_loss + reference_weight * reference
+                logging_output.update(loss_dropped=dropped_loss.detach(), loss_reference=reference.detach())
+            else:  # plain layer dropping
+                loss, logging_output, last = dropped_loss, dropped_log, dropped["layers"][-1]
+                logging_output["depth"] = student.live_depth
+            logging_output["kept_depth"] = len(kept)
+        if not torch.isfinite(loss):
+            if self.cfg.nonfinite == "stop":
+                raise FloatingPointError(
+                    f"non-finite distillation loss ({loss.item()}) at update {student.num_updates}; set "
+                    "criterion.nonfinite=skip to skip such batches (they are counted as nonfinite_skipped)")
+            # A zero loss on the same graph: this batch contributes a zero gradient.
+            loss = (last.float() * 0.0).nan_to_num().sum()
+            logging_output["nonfinite_skipped"] = 1
+        first = next(iter(sample["teacher"].values()))
+        logging_output.update(loss=loss.detach(), sample_size=1, nsentences=first.size(0), ntokens=int(keep.sum()))
+        return loss, 1, logging_output
+
+    def _frames_to_score(self, out: dict, sample) -> torch.Tensor:
+        """Frames the loss covers: not padding, and (teacher cache) within each utterance's own frames."""
+        first = next(iter(sample["teacher"].values()))
         layers, padding_mask = out["layers"], out["padding_mask"]
-        teacher = sample["teacher"]
-        task = self.task
-        first = next(iter(teacher.values()))
         if first.shape[:2] != layers[-1].shape[:2]:
             raise ValueError(f"teacher gives {tuple(first.shape[:2])} (batch, frames), student "
                              f"{tuple(layers[-1].shape[:2])}: their CNN front ends must have the same frame rate")
@@ -81,6 +118,13 @@ class LayerDistillationCriterion(FairseqCriterion):
                                                                           device=first.device)
         if "target_padding_mask" in sample:  # frames the targets do not cover (teacher cache)
             keep = keep & ~sample["target_padding_mask"]
+        return keep
+
+    def _distill(self, student, layers: list[torch.Tensor], teacher: dict[int, torch.Tensor],
+                 keep: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Last layer against the teacher's last, plus layer_weight x the mean of the layer terms, each
+        student layer at its relative depth among `layers` (the live ones, or those a gate kept)."""
+        task = self.task
         depth = len(layers)
         loss_last = self.distance(student.heads[0](layers[-1]), teacher[task.teacher_depth], keep)
         logging_output = {"loss_last": loss_last.detach(), "depth": depth}
@@ -93,17 +137,7 @@ class LayerDistillationCriterion(FairseqCriterion):
         loss = loss_last
         if layer_terms:
             loss = loss + self.cfg.layer_weight * torch.stack(layer_terms).mean()
-        if not torch.isfinite(loss):
-            if self.cfg.nonfinite == "stop":
-                raise FloatingPointError(
-                    f"non-finite distillation loss ({loss.item()}) at update {student.num_updates}; set "
-                    "criterion.nonfinite=skip to skip such batches (they are counted as nonfinite_skipped)")
-            # A zero loss on the same graph: this batch contributes a zero gradient.
-            loss = (layers[-1].float() * 0.0).nan_to_num().sum()
-            logging_output["nonfinite_skipped"] = 1
-        frames = int(keep.sum())
-        logging_output.update(loss=loss.detach(), sample_size=1, nsentences=first.size(0), ntokens=frames)
-        return loss, 1, logging_output
+        return loss, logging_output
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
@@ -113,6 +147,8 @@ class LayerDistillationCriterion(FairseqCriterion):
             metrics.log_scalar(key, sum(float(log.get(key, 0)) for log in logging_outputs) / n, n, round=4)
         # Outputs arrive summed over workers (sample_size is 1 per worker and batch): divide by n.
         metrics.log_scalar("depth", sum(log.get("depth", 0) for log in logging_outputs) / n, weight=0)
+        if any("kept_depth" in log for log in logging_outputs):  # layer dropping: the depth that ran
+            metrics.log_scalar("kept_depth", sum(log.get("kept_depth", 0) for log in logging_outputs) / n, n, round=2)
         if any("cached_targets" in log for log in logging_outputs):  # share of batches the teacher cache served
             metrics.log_scalar("cached_targets", sum(log.get("cached_targets", 0) for log in logging_outputs) / n,
                                n, round=2)

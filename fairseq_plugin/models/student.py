@@ -21,7 +21,7 @@ from fairseq.models.hubert.hubert import HubertConfig
 from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel, TransformerEncoder
 from fairseq.modules import LayerNorm
 
-from fairseq_plugin import conv_spec
+from fairseq_plugin import conv_spec, layer_drop
 from fairseq_plugin.encoder_outputs import cnn_features, layer_outputs
 
 HUBERT_CNN = "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"
@@ -132,9 +132,13 @@ class GrowingStudent(BaseFairseqModel):
     def live_depth(self) -> int:
         return int(self.depth)
 
-    def forward(self, source: torch.Tensor, padding_mask: torch.Tensor | None = None, features=None):
-        """Outputs of every live layer (B x T x C each) and the frame padding mask."""
+    def forward(self, source: torch.Tensor, padding_mask: torch.Tensor | None = None, features=None,
+                layers: list[int] | None = None):
+        """Outputs of every live layer (B x T x C each) and the frame padding mask; with `layers`
+        (0-based live layers, in order), of those only, the others skipped (`layer_drop`)."""
         if features is None:
             features = cnn_features(self, source, grad_mult=self.cfg.feature_grad_mult)
-        layers, frame_mask = layer_outputs(self, source, padding_mask, self.live_depth, features=features)
-        return {"layers": layers, "padding_mask": frame_mask}
+        with layer_drop.running_only(self.encoder, layers):
+            outputs, frame_mask = layer_outputs(self, source, padding_mask,
+                                                self.live_depth if layers is None else len(layers), features=features)
+        return {"layers": outputs, "padding_mask": frame_mask}

@@ -28,7 +28,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
 from omegaconf import II
 
-from fairseq_plugin import crops, growth, multinode, speed, teacher_cache
+from fairseq_plugin import crops, growth, layer_drop, multinode, speed, teacher_cache
 from fairseq_plugin.checkpoints import describe, load_speech_model
 from fairseq_plugin.encoder_outputs import cnn_features, layer_outputs
 from fairseq_plugin.models.student import unwrap_student
@@ -69,6 +69,7 @@ class DistillationConfig(AudioPretrainingConfig):
                           "'auto': the teacher's thirds (4/8/12 of 12, 2/4/6 of 6)"})
     enable_padding: bool = field(default=True, metadata={"help": "pad batches (with a padding mask) instead of cropping"})
     growth: GrowthConfig = field(default_factory=GrowthConfig)
+    dynamic: layer_drop.DynamicConfig = field(default_factory=layer_drop.DynamicConfig)
     speed: speed.SpeedConfig = field(default_factory=speed.SpeedConfig)
     # fairseq settings the task checks before training (read here; set them in their own groups)
     fp16: bool = II("common.fp16")
@@ -126,6 +127,7 @@ class DistillationTask(AudioPretrainingTask):
     def __init__(self, cfg: DistillationConfig):
         super().__init__(cfg)
         speed.check(cfg.speed)
+        layer_drop.check(cfg.dynamic)
         _check_fairseq_settings(cfg)
         self.teacher, teacher_cfg, _ = load_speech_model(cfg.teacher_checkpoint)
         self.teacher.requires_grad_(False)
@@ -359,9 +361,19 @@ class DistillationTask(AudioPretrainingTask):
         return float(loss)
 
     # -- fairseq hooks ----------------------------------------------------------------------
+    def _layers_to_run(self, model, update_num: int) -> list[int] | None:
+        """This update's layer-dropping gates (`task.dynamic`), among the live layers; None: all run."""
+        d = self.cfg.dynamic
+        if update_num < d.start_update or (d.after_growth and update_num < self.stages[-1].start_update):
+            return None
+        return layer_drop.kept_layers(d, unwrap_student(model).live_depth, self.cfg.seed, update_num)
+
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         sample["teacher"] = self.teacher_targets(sample)
         self._grow_if_due(sample, model, criterion, optimizer, update_num)
+        kept = self._layers_to_run(model, update_num)  # after growth: drawn among the live layers
+        if kept is not None:
+            sample["kept_layers"] = kept
         # The student's precision is applied by the criterion (see there), in training, validation and probes alike.
         loss, sample_size, logging_output = super().train_step(sample, model, criterion, optimizer, update_num,
                                                                ignore_grad)
