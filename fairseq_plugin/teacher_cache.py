@@ -55,7 +55,10 @@ class TeacherCacheError(ValueError):
 
 
 def conv_shapes(model: torch.nn.Module) -> list[tuple[int, int]]:
-    """(kernel, stride) of each layer of a fairseq wav2vec 2.0 / HuBERT CNN front end."""
+    """(kernel, stride) of each layer of a fairseq wav2vec 2.0 / HuBERT CNN front end (or of a
+    Hugging Face teacher's, which says them itself)."""
+    if hasattr(model, "conv_shapes"):
+        return model.conv_shapes()
     return [(block[0].kernel_size[0], block[0].stride[0]) for block in model.feature_extractor.conv_layers]
 
 
@@ -68,6 +71,11 @@ def num_frames(num_samples, convs: list[tuple[int, int]]):
 
 
 def file_sha256(path: str | Path) -> str:
+    """A file's sha256; for a directory (a Hugging Face teacher), that of its files' names and sha256s."""
+    path = Path(path)
+    if path.is_dir():
+        listing = [f"{f.relative_to(path)} {file_sha256(f)}" for f in sorted(path.rglob("*")) if f.is_file()]
+        return hashlib.sha256("\n".join(listing).encode()).hexdigest()
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 

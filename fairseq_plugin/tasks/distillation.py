@@ -28,7 +28,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
 from omegaconf import II
 
-from fairseq_plugin import crops, growth, layer_drop, multinode, speed, teacher_cache
+from fairseq_plugin import crops, growth, hf_teacher, layer_drop, multinode, speed, teacher_cache
 from fairseq_plugin.checkpoints import describe, load_speech_model
 from fairseq_plugin.encoder_outputs import cnn_features, layer_outputs
 from fairseq_plugin.models.student import unwrap_student
@@ -129,15 +129,24 @@ class DistillationTask(AudioPretrainingTask):
         speed.check(cfg.speed)
         layer_drop.check(cfg.dynamic)
         _check_fairseq_settings(cfg)
-        self.teacher, teacher_cfg, _ = load_speech_model(cfg.teacher_checkpoint)
+        if hf_teacher.is_model_dir(cfg.teacher_checkpoint):  # a Hugging Face model directory
+            if cfg.speed.share_teacher_cnn:
+                raise ValueError(f"task.speed.share_teacher_cnn=true: the teacher {cfg.teacher_checkpoint} is a Hugging "
+                                 "Face model, whose CNN the student cannot run as its own; set "
+                                 "task.speed.share_teacher_cnn=false")
+            self.teacher = hf_teacher.load(cfg.teacher_checkpoint)
+            info, teacher_normalize = self.teacher.info(cfg.teacher_checkpoint), self.teacher.normalize
+            self.teacher_model_cfg = None
+        else:
+            self.teacher, teacher_cfg, _ = load_speech_model(cfg.teacher_checkpoint)
+            if cfg.speed.pos_conv_fp32:
+                speed.keep_pos_conv_fp32(self.teacher)
+            speed.contiguous_layer_inputs(self.teacher)
+            if cfg.speed.compile_layers:
+                speed.compile_layers(self.teacher)
+            info, teacher_normalize = describe(self.teacher, teacher_cfg), bool(teacher_cfg.task.get("normalize", False))
+            self.teacher_model_cfg = teacher_cfg.model
         self.teacher.requires_grad_(False)
-        if cfg.speed.pos_conv_fp32:
-            speed.keep_pos_conv_fp32(self.teacher)
-        speed.contiguous_layer_inputs(self.teacher)
-        if cfg.speed.compile_layers:
-            speed.compile_layers(self.teacher)
-        info = describe(self.teacher, teacher_cfg)
-        self.teacher_model_cfg = teacher_cfg.model
         self.teacher_dim = info.dim
         self.teacher_depth = info.layers
         self.teacher_layers = resolve_teacher_layers(cfg.teacher_layers, info.layers)
@@ -147,7 +156,8 @@ class DistillationTask(AudioPretrainingTask):
                 f"task.teacher_layers={self.teacher_layers}: layer(s) {bad} beyond the teacher's "
                 f"{info.layers} layers ({cfg.teacher_checkpoint}); use indices in 1..{info.layers}, or "
                 "task.teacher_layers=auto (its thirds), in the preset or as an override")
-        teacher_normalize = bool(teacher_cfg.task.get("normalize", False))
+        if isinstance(self.teacher, hf_teacher.HfTeacher):
+            self.teacher.truncate(self.deepest_teacher_layer)  # deeper layers never run
         if bool(cfg.normalize) != teacher_normalize:
             raise ValueError(
                 f"task.normalize={cfg.normalize}, but the teacher {cfg.teacher_checkpoint} was trained with "
@@ -286,10 +296,13 @@ class DistillationTask(AudioPretrainingTask):
         """Teacher layer outputs keyed by 1-based layer, for the layers the loss needs. With
         `speed.share_teacher_cnn`, also puts the CNN features into the student's input."""
         source = self._teacher_input(sample)
+        padding_mask = sample["net_input"].get("padding_mask")
         with self._frozen_teacher_on(source) as teacher:
+            if isinstance(teacher, hf_teacher.HfTeacher):  # its own forward (share_teacher_cnn is refused)
+                layers = teacher.layer_outputs(source, padding_mask, self.deepest_teacher_layer)
+                return {i: layers[i - 1] for i in self.target_layers}
             features = cnn_features(teacher, source)
-            layers, _ = layer_outputs(teacher, source, sample["net_input"].get("padding_mask"),
-                                      self.deepest_teacher_layer, features=features)
+            layers, _ = layer_outputs(teacher, source, padding_mask, self.deepest_teacher_layer, features=features)
         if self.cfg.speed.share_teacher_cnn:
             sample["net_input"]["features"] = features.to(sample["net_input"]["source"].dtype)  # the student's
         return {i: layers[i - 1] for i in self.target_layers}
