@@ -126,6 +126,43 @@ def teacher_checkpoint(path: Path) -> tuple[HubertModel, dict, list[Dictionary]]
     return hubert, plain_checkpoint(cfg, hubert), list(task.dictionaries)
 
 
+def hf_teacher_checkpoint(path: Path) -> tuple[HubertModel, dict, list[Dictionary]]:
+    """A Hugging Face HubertModel / Wav2Vec2Model directory rewritten as a plain fairseq HuBERT
+    checkpoint (the same encoder: `_hf_name` read backwards), so that stages 4 and 5 take it
+    like any teacher. WavLM has no fairseq HuBERT form (gated relative position bias): refused."""
+    from fairseq_plugin import hf_teacher
+
+    teacher = hf_teacher.load(path)
+    c = teacher.config
+    if c.model_type == "wavlm":
+        raise CheckpointError(f"{path}: a WavLM model, which fairseq's HuBERT cannot hold (gated relative position "
+                              "bias); it distils as a teacher, but is not exported")
+    if c.feat_extract_norm != "group" or c.do_stable_layer_norm:
+        raise CheckpointError(f"{path}: export covers HuBERT Base's layout (GroupNorm CNN, post-LN layers); "
+                              f"this model has feat_extract_norm={c.feat_extract_norm}, "
+                              f"do_stable_layer_norm={c.do_stable_layer_norm}")
+    conv = " + ".join(f"[({d},{k},{s})]" for d, k, s in zip(c.conv_dim, c.conv_kernel, c.conv_stride))
+    hcfg = HubertConfig(encoder_layers=c.num_hidden_layers, encoder_embed_dim=c.hidden_size,
+                        encoder_ffn_embed_dim=c.intermediate_size, encoder_attention_heads=c.num_attention_heads,
+                        activation_fn=c.hidden_act, conv_feature_layers=conv, conv_bias=c.conv_bias,
+                        conv_pos=c.num_conv_pos_embeddings, conv_pos_groups=c.num_conv_pos_embedding_groups,
+                        encoder_layerdrop=0.0, extractor_mode="default", layer_norm_first=False)
+    theirs = teacher.model.state_dict()
+    model = hubert_checkpoint(hcfg, teacher.normalize)[0]
+    weights = {}
+    for key, value in model.state_dict().items():
+        name = _hf_name(key)
+        if name in theirs:
+            weights[key] = theirs[name].reshape(value.shape)
+    identity = torch.eye(c.hidden_size), torch.zeros(c.hidden_size)
+    projection = theirs["feature_projection.projection.weight"], theirs["feature_projection.projection.bias"]
+    if "post_extract_proj.weight" not in weights and not all(map(torch.equal, projection, identity)):
+        # transformers always projects the CNN's output; fairseq only when the widths differ
+        raise CheckpointError(f"{path}: its CNN is as wide as its encoder ({c.hidden_size}) and its feature "
+                              "projection is not the identity, which fairseq's HuBERT cannot hold")
+    return hubert_checkpoint(hcfg, teacher.normalize, weights)
+
+
 def save_hubert(state: dict, dictionaries: list[Dictionary], path: Path) -> Path:
     """Save a plain HuBERT checkpoint with its dictionaries as `dict.<label>.txt` beside it (written
     first, so the checkpoint never exists without them); the task's data dir points at that folder."""
@@ -224,8 +261,9 @@ def export(checkpoint: Path, out_dir: Path, formats: list[str], random_init: boo
            layers: list[int] | None = None, depth: int | None = None) -> list[Path]:
     """Export a student (or a fairseq HuBERT teacher, rewritten) into `out_dir`; with `layers` or
     `depth`, only those of its layers (`keep_layers`, `layers_for_depth`)."""
-    model_name, _ = model_and_task_names(read_checkpoint(checkpoint), checkpoint)
-    if model_name == "hubert" and not random_init:
+    if Path(checkpoint).is_dir() and not random_init:  # a Hugging Face teacher
+        hubert, state, dictionaries = hf_teacher_checkpoint(checkpoint)
+    elif model_and_task_names(read_checkpoint(checkpoint), checkpoint)[0] == "hubert" and not random_init:
         hubert, state, dictionaries = teacher_checkpoint(checkpoint)
     else:
         hubert, state, dictionaries = to_fairseq_hubert(load_student(checkpoint, random_init))

@@ -8,11 +8,15 @@ import re
 import pytest
 import torch
 import transformers
+from fairseq import checkpoint_utils
 
 from fairseq_plugin import hf_teacher
 from fairseq_plugin.checkpoints import CheckpointError
+from fairseq_plugin.export import export
 from fairseq_plugin.models.student import GrowingStudent, StudentConfig
-from tests.conftest import distill
+from local.teacher.install import install
+from tests.conftest import distill, run
+from tests.test_stage3 import SMALL
 
 CLASSES = ["HubertModel", "Wav2Vec2Model", "WavLMModel"]
 # HuBERT's CNN (kernels and strides) at 32 channels: the student's frame rate
@@ -23,7 +27,7 @@ STUDENT_CNN = "model.conv_feature_layers='[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,
 def save_teacher(name: str, path, **extra):
     config = getattr(transformers, name.replace("Model", "Config"))(
         hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2, **CNN, **extra)
+        num_conv_pos_embedding_groups=2, **{**CNN, **extra})
     torch.manual_seed(0)
     model = getattr(transformers, name)(config).eval()
     model.save_pretrained(path)
@@ -101,3 +105,41 @@ def test_a_hugging_face_teachers_targets_are_cached(tiny_corpus, tmp_path):
                    STUDENT_CNN, f"task.speed.teacher_cache={tmp_path / 'cache'}")
     shares = [float(x) for x in re.findall(r"epoch \d+ \| .*?cached_targets ([\d.]+)", proc.stdout + proc.stderr)]
     assert shares == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("name", ["HubertModel", "Wav2Vec2Model"])
+def test_a_hugging_face_teacher_exports_as_fairseq_hubert(name, tmp_path):
+    """Stages 4 and 5 take the teacher as a plain HuBERT checkpoint: the same layers, from fairseq's loader."""
+    model = save_teacher(name, tmp_path / "teacher", conv_dim=(64,) * 7)  # wider than the encoder: projected
+    export(tmp_path / "teacher", tmp_path / "export", ["fairseq", "s3prl"])
+    (hubert,), _, _ = checkpoint_utils.load_model_ensemble_and_task([str(tmp_path / "export/hubert.pt")])
+    wav = torch.randn(2, 16000) * 0.1
+    with torch.no_grad():
+        expected = model(wav, output_hidden_states=True).hidden_states[1:]
+        for k, want in enumerate(expected, start=1):
+            got = hubert.eval().extract_features(wav, padding_mask=None, mask=False, output_layer=k)[0]
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_wavlm_distils_but_is_not_exported_and_installs_by_name(tmp_path):
+    save_teacher("WavLMModel", tmp_path / "wavlm")
+    with pytest.raises(CheckpointError, match="a WavLM model, which fairseq's HuBERT cannot hold"):
+        export(tmp_path / "wavlm", tmp_path / "export", ["fairseq"])
+    assert not (tmp_path / "export").exists()
+    summary = install(tmp_path / "wavlm", tmp_path / "exp/teacher.pt", copy=False)
+    assert "Hugging Face WavLMModel" in summary and "3 layers x 32" in summary
+    assert (tmp_path / "exp/teacher.pt").is_symlink() and hf_teacher.load(tmp_path / "exp/teacher.pt")
+    install(tmp_path / "wavlm", tmp_path / "exp/copy", copy=True)
+    assert (tmp_path / "exp/copy/config.json").is_file() and not (tmp_path / "exp/copy").is_symlink()
+
+
+def test_run_sh_takes_a_hugging_face_teacher(tiny_corpus, tmp_path):
+    """`./run.sh --teacher-ckpt DIR`: stage 2 checks and installs the directory, stage 3 distils from it."""
+    save_teacher("HubertModel", tmp_path / "hf")
+    proc = run(["./run.sh", "--stage", "2", "--stop-stage", "3", "--teacher-ckpt", str(tmp_path / "hf"),
+                "--expdir", str(tmp_path / "exp"), "--datadir", str(tiny_corpus / "data"), "--operators", "interleaved",
+                "--distill-args", f"{SMALL} model.encoder_layers=6 optimization.max_update=4 task.speed.share_teacher_cnn=false"])
+    assert "installed" in proc.stdout and "Hugging Face HubertModel" in proc.stdout
+    assert (tmp_path / "exp/teacher/teacher.pt").is_symlink()
+    assert "teacher " in (tmp_path / "exp/distill/interleaved/train.log").read_text()
+    assert (tmp_path / "exp/distill/interleaved/student.pt").is_file()

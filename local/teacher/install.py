@@ -2,8 +2,9 @@
 
     python -m local.teacher.install SRC DST [--copy]
 
-SRC must be a pre-trained fairseq HuBERT / wav2vec 2.0 / data2vec audio checkpoint; it is loaded
-with fairseq's own loader before anything is written. DST becomes a symlink to SRC (released
+SRC must be a pre-trained fairseq HuBERT / wav2vec 2.0 / data2vec audio checkpoint, loaded with
+fairseq's own loader before anything is written, or a Hugging Face HubertModel / Wav2Vec2Model /
+WavLMModel directory, loaded with transformers' (`fairseq_plugin/hf_teacher.py`). DST becomes a symlink to SRC (released
 checkpoints are large), or with --copy a copy (a training run may still overwrite SRC). Either
 appears in one rename, so DST is never half-written.
 """
@@ -15,14 +16,21 @@ import shutil
 import sys
 from pathlib import Path
 
-from fairseq_plugin.atomic_io import atomic_save
+from fairseq_plugin import hf_teacher
+from fairseq_plugin.atomic_io import atomic_dir, atomic_save
 from fairseq_plugin.checkpoints import CheckpointError, describe, load_speech_model
 
 
 def install(src: Path, dst: Path, copy: bool) -> str:
-    model, cfg, _ = load_speech_model(src)
-    summary = describe(model, cfg).summary()
-    if copy:
+    if src.is_dir():  # a Hugging Face model directory
+        summary = hf_teacher.load(src).info(src).summary()
+    else:
+        model, cfg, _ = load_speech_model(src)
+        summary = describe(model, cfg).summary()
+    if copy and src.is_dir():
+        with atomic_dir(dst) as tmp:
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+    elif copy:
         atomic_save(lambda tmp: shutil.copyfile(src, tmp), dst)
     else:
         atomic_save(lambda tmp: os.symlink(src.resolve(), tmp), dst)
