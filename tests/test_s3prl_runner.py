@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -161,3 +162,16 @@ def test_runner_table_is_stage_5s_table(tmp_path):
     rows = list(csv.reader((tmp_path / "results.csv").open()))
     assert rows == [["upstream", "seed", "pr", "asr"], ["teacher", "-", "12.25", "9.50"], ["student", "-", "-", ""]]
     assert (tmp_path / "results.md").read_text() == table
+
+
+def test_runner_environment_refuses_a_disk_too_small(tmp_path):
+    """Before pip starts: the message says how much is needed and where, and nothing is created."""
+    (tmp_path / "local").mkdir()
+    shutil.copy(REPO / "local/setup_s3prl_env.sh", tmp_path / "local")
+    for name in ("requirements-s3prl.txt", "requirements-s3prl-source.txt"):
+        shutil.copy(REPO / name, tmp_path)
+    proc = subprocess.run(["bash", str(tmp_path / "local/setup_s3prl_env.sh")], capture_output=True, text=True,
+                          env={**os.environ, "S3PRL_ENV_NEED_GB": "1000000"})
+    assert proc.returncode == 1
+    assert re.search(rf"\.venv-s3prl needs about 1000000 GB free for torch's wheels; {tmp_path} has \d+ GB", proc.stderr)
+    assert not (tmp_path / ".venv-s3prl").exists()
