@@ -129,23 +129,7 @@ class DistillationTask(AudioPretrainingTask):
         speed.check(cfg.speed)
         layer_drop.check(cfg.dynamic)
         _check_fairseq_settings(cfg)
-        if hf_teacher.is_model_dir(cfg.teacher_checkpoint):  # a Hugging Face model directory
-            if cfg.speed.share_teacher_cnn:
-                raise ValueError(f"task.speed.share_teacher_cnn=true: the teacher {cfg.teacher_checkpoint} is a Hugging "
-                                 "Face model, whose CNN the student cannot run as its own; set "
-                                 "task.speed.share_teacher_cnn=false")
-            self.teacher = hf_teacher.load(cfg.teacher_checkpoint)
-            info, teacher_normalize = self.teacher.info(cfg.teacher_checkpoint), self.teacher.normalize
-            self.teacher_model_cfg = None
-        else:
-            self.teacher, teacher_cfg, _ = load_speech_model(cfg.teacher_checkpoint)
-            if cfg.speed.pos_conv_fp32:
-                speed.keep_pos_conv_fp32(self.teacher)
-            speed.contiguous_layer_inputs(self.teacher)
-            if cfg.speed.compile_layers:
-                speed.compile_layers(self.teacher)
-            info, teacher_normalize = describe(self.teacher, teacher_cfg), bool(teacher_cfg.task.get("normalize", False))
-            self.teacher_model_cfg = teacher_cfg.model
+        info, teacher_normalize = self._load_teacher(cfg)
         self.teacher.requires_grad_(False)
         self.teacher_dim = info.dim
         self.teacher_depth = info.layers
@@ -171,6 +155,26 @@ class DistillationTask(AudioPretrainingTask):
         self.teacher_caches: dict[str, teacher_cache.TeacherCache] = {}
         self.input_caches: dict[str, teacher_cache.TeacherCache] = {}  # the student's input, per split
         self._teacher_sha256: str | None = None
+
+    def _load_teacher(self, cfg: DistillationConfig) -> tuple:
+        """Load the frozen teacher (a fairseq checkpoint, or a Hugging Face directory) into `self.teacher`;
+        returns its description and whether it was trained on normalised audio."""
+        if hf_teacher.is_model_dir(cfg.teacher_checkpoint):
+            if cfg.speed.share_teacher_cnn:
+                raise ValueError(f"task.speed.share_teacher_cnn=true: the teacher {cfg.teacher_checkpoint} is a Hugging "
+                                 "Face model, whose CNN the student cannot run as its own; set "
+                                 "task.speed.share_teacher_cnn=false")
+            self.teacher = hf_teacher.load(cfg.teacher_checkpoint)
+            self.teacher_model_cfg = None
+            return self.teacher.info(cfg.teacher_checkpoint), self.teacher.normalize
+        self.teacher, teacher_cfg, _ = load_speech_model(cfg.teacher_checkpoint)
+        if cfg.speed.pos_conv_fp32:
+            speed.keep_pos_conv_fp32(self.teacher)
+        speed.contiguous_layer_inputs(self.teacher)
+        if cfg.speed.compile_layers:
+            speed.compile_layers(self.teacher)
+        self.teacher_model_cfg = teacher_cfg.model
+        return describe(self.teacher, teacher_cfg), bool(teacher_cfg.task.get("normalize", False))
 
     @property
     def num_targets(self) -> int:
