@@ -60,20 +60,8 @@ print_stage_times() {
   log "stages ${stage}-${stop_stage}: $((total / 60)) min $((total % 60)) s in all"
 }
 abspath() { realpath -m "$1"; }
-# export_upstream SRC NAME [--random-init]: a teacher or student as fairseq HuBERT + S3PRL checkpoints
-# in ${upstream_dir}/NAME, shared by stages 4 and 5; kept while its stamp (SRC's sha256 and the
-# export options) is current: a re-distilled SRC is exported again, whatever the file times say.
-export_upstream() {
-  local out=${upstream_dir}/$2 key
-  key=$(python -m local.stamp --file source="$1" --value options="--formats fairseq s3prl ${*:3}")
-  if [ -f "${out}/.stamp.json" ] && [ "$(cat "${out}/.stamp.json")" = "${key}" ]; then
-    log "upstream ${out} is up to date with $1"
-  else
-    rm -f "${out}/.stamp.json"  # the export rewrites its files one by one: no stamp until all are in place
-    python -m fairseq_plugin.export "$1" "${out}" --formats fairseq s3prl "${@:3}"
-    echo "${key}" > "${out}/.stamp.json"
-  fi
-}
+# export_upstream SRC NAME [export options]: SRC exported into ${upstream_dir}/NAME (local/export_upstream.sh)
+export_upstream() { local/export_upstream.sh "$1" "${upstream_dir}/$2" "${@:3}"; }
 
 ./local/setup_env.sh
 . ./path.sh

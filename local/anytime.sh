@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Anytime students: quality against depth. After run.sh's stages 1-2 (data, teacher), distils one
+# student per way of training for any depth, cuts each to every depth in --depths (export --depth),
+# and scores them all with mini-SUPERB (PR, ASR, SID: conf/superb/anytime.yaml), beside each
+# depth's real-time factor on this machine (README: Layer dropping).
+#
+#   local/anytime.sh [--expdir exp/anytime] [--depths "3 6 9 12"] [--distill-args "..."]
+#
+#   static           full depth from the start, no dropping; cut after the fact
+#   layerdrop        full depth, each layer but the last skipped with p = 0.5 (plain, no reference)
+#   dld              full depth, n of N layers per update, pulled towards the full-depth student
+#   interleaved_dld  interleaved growth 3 -> 6 -> 9 -> 12, with DLD among the live layers
+# Every step keeps what it made: a rerun redoes only what is missing or stale.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+expdir=exp/anytime
+datadir=data
+teacher=exp/teacher/teacher.pt
+preset=tiny
+depths="3 6 9 12"
+superb_config=conf/superb/anytime.yaml
+distill_args=""   # more fairseq-hydra-train overrides for every student, last
+nj=2
+. utils/parse_options.sh
+. ./path.sh
+. ./cmd.sh
+
+log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (${0##*/}) $*"; }
+variants="static layerdrop dld interleaved_dld"
+overrides() {
+  case $1 in
+    static) echo "task.growth.operator=none" ;;
+    layerdrop) echo "task.growth.operator=none task.dynamic.mode=bernoulli task.dynamic.reference_weight=0" ;;
+    dld) echo "task.growth.operator=none task.dynamic.mode=n_of_n task.dynamic.reference_weight=1" ;;
+    interleaved_dld) echo "task.growth.operator=interleaved task.dynamic.mode=n_of_n task.dynamic.reference_weight=1" ;;
+  esac
+}
+expdir=$(realpath -m "${expdir}")
+manifests=$(realpath -m "${datadir}/manifests")
+teacher=$(realpath -m "${teacher}")
+[ -f "${teacher}" ] || [ -d "${teacher}" ] || { echo "${teacher}: no teacher; run ./run.sh --stage 1 --stop-stage 2 first" >&2; exit 1; }
+
+upstreams=(--upstream "teacher=${expdir}/upstreams/teacher/s3prl.pt")
+local/export_upstream.sh "${teacher}" "${expdir}/upstreams/teacher"
+for v in ${variants}; do
+  run_dir=${expdir}/distill/${v}
+  read -r -a opts <<< "$(overrides "${v}") ${distill_args}"
+  log "distilling ${v} (conf/distill/${preset}.yaml, $(overrides "${v}")) -> ${run_dir}"
+  ${train_cmd} "${run_dir}/train.log" fairseq-hydra-train --config-dir "${MAIN_ROOT}/conf" --config-name "distill/${preset}" \
+    task.data="${manifests}" task.teacher_checkpoint="${teacher}" dataset.train_subset=train dataset.valid_subset=dev \
+    checkpoint.save_dir="${run_dir}/checkpoints" hydra.run.dir="${run_dir}/hydra" "${opts[@]}"
+  python -m local.distill.finalize "${run_dir}/checkpoints/checkpoint_last.pt" "${run_dir}/student.pt"
+  for d in ${depths}; do
+    local/export_upstream.sh "${run_dir}/student.pt" "${expdir}/upstreams/${v}_depth${d}" --depth "${d}"
+    upstreams+=(--upstream "${v}_depth${d}=${expdir}/upstreams/${v}_depth${d}/s3prl.pt")
+  done
+done
+local/export_upstream.sh "${expdir}/distill/static/student.pt" "${expdir}/upstreams/random_init" --random-init
+upstreams+=(--upstream "random_init=${expdir}/upstreams/random_init/s3prl.pt")
+log "mini-SUPERB (${superb_config}) on every student at every depth -> ${expdir}/superb (log: ${expdir}/superb/log/superb.log)"
+${train_cmd} "${expdir}/superb/log/superb.log" python -m local.superb.run --config "${superb_config}" \
+  --datadir "${datadir}" --out "${expdir}/superb" --nj "${nj}" "${upstreams[@]}"
+python -m local.superb.depth_report --superb "${expdir}/superb" --upstreams "${expdir}/upstreams" \
+  --variants "${variants}" --depths "${depths}" --data "${datadir}/test"
