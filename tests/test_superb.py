@@ -12,6 +12,7 @@ from fairseq import checkpoint_utils
 from fairseq_plugin.export import export
 from local.superb import run as superb
 from tests.conftest import REPO, run
+from tests.test_stage3 import SMALL
 
 
 def test_mini_superb_end_to_end(tiny_corpus, tiny_student, tmp_path):
@@ -107,3 +108,25 @@ def test_run_sh_stage_5_scores_the_students_at_chosen_depths(tiny_corpus, tiny_t
         weights = json.loads((exp / f"superb/interleaved_depth{depth}/scores.json").read_text())["layer_weights"]
         assert all(len(w) == depth + 1 for w in weights.values())  # CNN output + the kept layers
     assert re.search(r"stage 5: \d+ min \d+ s", proc.stdout)
+
+
+def test_anytime_students_are_scored_at_every_depth(tiny_corpus, tiny_teacher, tmp_path):
+    """local/anytime.sh: four ways of training a student for any depth, each cut to every depth,
+    scored by mini-SUPERB, with each depth's real-time factor, in one table."""
+    cfg = yaml.safe_load((REPO / "conf/superb/anytime.yaml").read_text())
+    for task in cfg["tasks"].values():
+        task["steps"] = 3
+    (tmp_path / "anytime.yaml").write_text(yaml.safe_dump(cfg))
+    small = f"{SMALL} model.encoder_layers=6 optimization.max_update=4"
+    run(["local/anytime.sh", "--expdir", str(tmp_path / "exp"), "--datadir", str(tiny_corpus / "data"),
+         "--teacher", str(tiny_teacher), "--depths", "2 6", "--superb-config", str(tmp_path / "anytime.yaml"),
+         "--distill-args", small])
+    table = (tmp_path / "exp/superb/depth.md").read_text()
+    rows = re.findall(r"^\| (\w+) \| (\S+) \| .* \| ([\d.]+|-) \|$", table, flags=re.M)
+    assert [(r[0], r[1]) for r in rows] == [("teacher", "-"), ("random_init", "-")] + [
+        (v, d) for v in ("static", "layerdrop", "dld", "interleaved_dld") for d in ("2", "6")]
+    assert all(float(r[2]) > 0 for r in rows if r[1] != "-")  # a real-time factor for every depth
+    logs = {v: (tmp_path / f"exp/distill/{v}/train.log").read_text() for v in ("layerdrop", "dld", "interleaved_dld")}
+    assert "kept_depth" in logs["layerdrop"] and "loss_reference" not in logs["layerdrop"]
+    assert "loss_reference" in logs["dld"] and "growth at update" in logs["interleaved_dld"]
+    assert (tmp_path / "exp/superb/depth.png").stat().st_size > 0
