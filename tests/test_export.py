@@ -174,3 +174,21 @@ def test_export_refuses_layers_the_model_does_not_have(tiny_student, tmp_path):
     assert proc.returncode == 0, proc.stderr
     (model,), _, _ = checkpoint_utils.load_model_ensemble_and_task([str(tmp_path / "out/hubert.pt")])
     assert len(model.encoder.layers) == 3
+
+
+def test_an_export_at_a_chosen_depth_loads_everywhere(exported, tiny_student, tmp_path):
+    """fairseq, ESPnet's two routes, S3PRL and transformers, in a fresh process, give the layers of
+    the student run with only those layers (`task.dynamic`'s dropped student)."""
+    _, wav, _ = exported
+    export(tiny_student, tmp_path / "cut", ["fairseq", "s3prl", "hf"], layers=[2, 4, 6])
+    with torch.no_grad():
+        layers = load_student(tiny_student)(wav, layers=[1, 3, 5])["layers"]
+    torch.save(wav, tmp_path / "wav.pt")
+    proc = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(tmp_path / "cut"), str(tmp_path / "wav.pt"), "3"],
+                          env={"PATH": "", "HF_HUB_OFFLINE": "1"}, cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = torch.load(tmp_path / "found.pt")
+    assert len(found["fairseq"]) == len(found["s3prl"]) == len(found["transformers"]) == 3
+    for route, outputs in found.items():
+        for a, b in zip(reversed(layers), reversed(outputs)):
+            torch.testing.assert_close(b[:, : a.shape[1]], a, **TOL, msg=lambda m: f"{route}: {m}")
