@@ -69,3 +69,11 @@ def test_layer_dropping_settings_are_checked(tiny_corpus, tiny_teacher, tmp_path
                    check=False)
     assert proc.returncode != 0
     assert "task.dynamic.mode='sometimes': choose one of off, bernoulli, n_of_n" in proc.stdout + proc.stderr
+
+
+def test_dropping_can_wait_for_the_last_growth(tiny_corpus, tiny_teacher, tmp_path):
+    proc = distill(tiny_corpus, tiny_teacher, tmp_path, "optimization.max_update=6", *RESUME, "common.log_interval=1",
+                   "task.dynamic.mode=n_of_n", "task.dynamic.after_growth=true")
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "train_inner" in line]
+    updates = [(int(re.search(r"num_updates=(\d+)", line).group(1)), "kept_depth=" in line) for line in lines]
+    assert updates == [(1, False), (2, False), (3, False), (4, True), (5, True), (6, True)]  # growth at update 3

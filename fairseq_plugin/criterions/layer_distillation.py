@@ -94,7 +94,8 @@ class LayerDistillationCriterion(FairseqCriterion):
             else:  # plain layer dropping
                 loss, logging_output, last = dropped_loss, dropped_log, dropped["layers"][-1]
                 logging_output["depth"] = student.live_depth
-            logging_output["kept_depth"] = len(kept)
+        if "kept_depth" in sample:  # layer dropping is on: the depth that ran (all of it, some updates)
+            logging_output.update(kept_depth=sample["kept_depth"], dropping_batches=1)
         if not torch.isfinite(loss):
             if self.cfg.nonfinite == "stop":
                 raise FloatingPointError(
@@ -147,8 +148,10 @@ class LayerDistillationCriterion(FairseqCriterion):
             metrics.log_scalar(key, sum(float(log.get(key, 0)) for log in logging_outputs) / n, n, round=4)
         # Outputs arrive summed over workers (sample_size is 1 per worker and batch): divide by n.
         metrics.log_scalar("depth", sum(log.get("depth", 0) for log in logging_outputs) / n, weight=0)
-        if any("kept_depth" in log for log in logging_outputs):  # layer dropping: the depth that ran
-            metrics.log_scalar("kept_depth", sum(log.get("kept_depth", 0) for log in logging_outputs) / n, n, round=2)
+        dropping = sum(log.get("dropping_batches", 0) for log in logging_outputs)
+        if dropping:  # layer dropping: the mean depth that ran, over the batches it was on for
+            metrics.log_scalar("kept_depth", sum(log.get("kept_depth", 0) for log in logging_outputs) / dropping,
+                               dropping, round=2)
         if any("cached_targets" in log for log in logging_outputs):  # share of batches the teacher cache served
             metrics.log_scalar("cached_targets", sum(log.get("cached_targets", 0) for log in logging_outputs) / n,
                                n, round=2)

@@ -378,19 +378,20 @@ class DistillationTask(AudioPretrainingTask):
         return float(loss)
 
     # -- fairseq hooks ----------------------------------------------------------------------
-    def _layers_to_run(self, model, update_num: int) -> list[int] | None:
-        """This update's layer-dropping gates (`task.dynamic`), among the live layers; None: all run."""
+    def _dropping_now(self, update_num: int) -> bool:
         d = self.cfg.dynamic
-        if update_num < d.start_update or (d.after_growth and update_num < self.stages[-1].start_update):
-            return None
-        return layer_drop.kept_layers(d, unwrap_student(model).live_depth, self.cfg.seed, update_num)
+        return d.mode != "off" and update_num >= d.start_update and not (
+            d.after_growth and update_num < self.stages[-1].start_update)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         sample["teacher"] = self.teacher_targets(sample)
         self._grow_if_due(sample, model, criterion, optimizer, update_num)
-        kept = self._layers_to_run(model, update_num)  # after growth: drawn among the live layers
-        if kept is not None:
-            sample["kept_layers"] = kept
+        if self._dropping_now(update_num):  # after growth: the gates are drawn among the live layers
+            depth = unwrap_student(model).live_depth
+            kept = layer_drop.kept_layers(self.cfg.dynamic, depth, self.cfg.seed, update_num)
+            if kept is not None:  # None: every layer runs this update
+                sample["kept_layers"] = kept
+            sample["kept_depth"] = depth if kept is None else len(kept)
         # The student's precision is applied by the criterion (see there), in training, validation and probes alike.
         loss, sample_size, logging_output = super().train_step(sample, model, criterion, optimizer, update_num,
                                                                ignore_grad)
