@@ -45,10 +45,11 @@ from fairseq.models.hubert.hubert import HubertConfig, HubertModel
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 from omegaconf import OmegaConf
 
-from fairseq_plugin import conv_spec
+from fairseq_plugin import conv_spec, hf_teacher
 from fairseq_plugin.atomic_io import atomic_dir, atomic_save
 from fairseq_plugin.checkpoints import (CheckpointError, load_speech_model, model_and_task_names, read_checkpoint,
                                         read_full_depth_student)
+from fairseq_plugin.hf_teacher import hf_name
 from fairseq_plugin.models.student import GrowingStudent, StudentConfig
 
 LABEL_RATE = 50.0  # the dummy label stream's rate: HuBERT's own frame rate
@@ -128,10 +129,8 @@ def teacher_checkpoint(path: Path) -> tuple[HubertModel, dict, list[Dictionary]]
 
 def hf_teacher_checkpoint(path: Path) -> tuple[HubertModel, dict, list[Dictionary]]:
     """A Hugging Face HubertModel / Wav2Vec2Model directory rewritten as a plain fairseq HuBERT
-    checkpoint (the same encoder: `_hf_name` read backwards), so that stages 4 and 5 take it
+    checkpoint (the same encoder: `hf_name` read backwards), so that stages 4 and 5 take it
     like any teacher. WavLM has no fairseq HuBERT form (gated relative position bias): refused."""
-    from fairseq_plugin import hf_teacher
-
     teacher = hf_teacher.load(path)
     c = teacher.config
     if c.model_type == "wavlm":
@@ -151,7 +150,7 @@ def hf_teacher_checkpoint(path: Path) -> tuple[HubertModel, dict, list[Dictionar
     model = hubert_checkpoint(hcfg, teacher.normalize)[0]
     weights = {}
     for key, value in model.state_dict().items():
-        name = _hf_name(key)
+        name = hf_name(key)
         if name in theirs:
             weights[key] = theirs[name].reshape(value.shape)
     identity = torch.eye(c.hidden_size), torch.zeros(c.hidden_size)
@@ -181,31 +180,6 @@ def s3prl_checkpoint(state: dict, dictionaries: list[Dictionary]) -> dict:
             "dictionaries_symbols": [list(d.symbols) for d in dictionaries]}
 
 
-def _hf_name(fairseq_key: str) -> str | None:
-    """fairseq HuBERT parameter name -> transformers HubertModel name (post-LN, GroupNorm CNN)."""
-    rules = [
-        (r"^feature_extractor\.conv_layers\.(\d+)\.0\.weight$", r"feature_extractor.conv_layers.\1.conv.weight"),
-        (r"^feature_extractor\.conv_layers\.(\d+)\.0\.bias$", r"feature_extractor.conv_layers.\1.conv.bias"),
-        (r"^feature_extractor\.conv_layers\.0\.2\.(weight|bias)$", r"feature_extractor.conv_layers.0.layer_norm.\1"),
-        (r"^layer_norm\.(weight|bias)$", r"feature_projection.layer_norm.\1"),
-        (r"^post_extract_proj\.(weight|bias)$", r"feature_projection.projection.\1"),
-        (r"^encoder\.pos_conv\.0\.weight_g$", "encoder.pos_conv_embed.conv.parametrizations.weight.original0"),
-        (r"^encoder\.pos_conv\.0\.weight_v$", "encoder.pos_conv_embed.conv.parametrizations.weight.original1"),
-        (r"^encoder\.pos_conv\.0\.bias$", "encoder.pos_conv_embed.conv.bias"),
-        (r"^encoder\.layer_norm\.(weight|bias)$", r"encoder.layer_norm.\1"),
-        (r"^encoder\.layers\.(\d+)\.self_attn\.(\w+_proj)\.(weight|bias)$", r"encoder.layers.\1.attention.\2.\3"),
-        (r"^encoder\.layers\.(\d+)\.self_attn_layer_norm\.(weight|bias)$", r"encoder.layers.\1.layer_norm.\2"),
-        (r"^encoder\.layers\.(\d+)\.fc1\.(weight|bias)$", r"encoder.layers.\1.feed_forward.intermediate_dense.\2"),
-        (r"^encoder\.layers\.(\d+)\.fc2\.(weight|bias)$", r"encoder.layers.\1.feed_forward.output_dense.\2"),
-        (r"^encoder\.layers\.(\d+)\.final_layer_norm\.(weight|bias)$", r"encoder.layers.\1.final_layer_norm.\2"),
-        (r"^mask_emb$", "masked_spec_embed"),
-    ]
-    for pattern, repl in rules:
-        if re.match(pattern, fairseq_key):
-            return re.sub(pattern, repl, fairseq_key)
-    return None
-
-
 def to_huggingface(hubert: HubertModel, cfg) -> "transformers.HubertModel":  # noqa: F821
     import transformers
 
@@ -225,7 +199,7 @@ def to_huggingface(hubert: HubertModel, cfg) -> "transformers.HubertModel":  # n
     theirs = hf.state_dict()
     mapped = {}
     for key, value in hubert.state_dict().items():
-        name = _hf_name(key)
+        name = hf_name(key)
         if name is not None:
             mapped[name] = value.reshape(theirs[name].shape)
     if "feature_projection.projection.weight" not in mapped:  # fairseq skips the projection when widths agree
@@ -261,7 +235,7 @@ def export(checkpoint: Path, out_dir: Path, formats: list[str], random_init: boo
            layers: list[int] | None = None, depth: int | None = None) -> list[Path]:
     """Export a student (or a fairseq HuBERT teacher, rewritten) into `out_dir`; with `layers` or
     `depth`, only those of its layers (`keep_layers`, `layers_for_depth`)."""
-    if Path(checkpoint).is_dir() and not random_init:  # a Hugging Face teacher
+    if hf_teacher.is_model_dir(checkpoint) and not random_init:
         hubert, state, dictionaries = hf_teacher_checkpoint(checkpoint)
     elif model_and_task_names(read_checkpoint(checkpoint), checkpoint)[0] == "hubert" and not random_init:
         hubert, state, dictionaries = teacher_checkpoint(checkpoint)

@@ -9,7 +9,7 @@ Layers deeper than the loss needs are removed at load, so they never run.
 
 What differs from a fairseq teacher: the student cannot share its CNN
 (`task.speed.share_teacher_cnn`, refused); the student's CNN starts from the teacher's when both
-are HuBERT Base's GroupNorm layout (`fairseq_cnn_state`); the fairseq-only speed patches
+are HuBERT Base's GroupNorm layout (`fairseq_state`); the fairseq-only speed patches
 (positional conv in fp32, contiguous layer inputs, compiled layers) are not applied.
 """
 from __future__ import annotations
@@ -25,10 +25,32 @@ from fairseq_plugin.checkpoints import CheckpointError, SpeechModelInfo
 # config.json's model_type -> the pre-trained class a teacher must be
 TEACHER_CLASSES = {"hubert": "HubertModel", "wav2vec2": "Wav2Vec2Model", "wavlm": "WavLMModel"}
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-# transformers' CNN names -> fairseq's (GroupNorm front end, HuBERT Base's), for the student's CNN
-_CNN_NAMES = [(r"^feature_extractor\.conv_layers\.(\d+)\.conv\.(weight|bias)$", r"feature_extractor.conv_layers.\1.0.\2"),
-              (r"^feature_extractor\.conv_layers\.0\.layer_norm\.(weight|bias)$", r"feature_extractor.conv_layers.0.2.\1"),
-              (r"^feature_projection\.layer_norm\.(weight|bias)$", r"layer_norm.\1")]
+
+
+def hf_name(fairseq_key: str) -> str | None:
+    """fairseq HuBERT parameter name -> transformers HubertModel name (post-LN, GroupNorm CNN): the
+    export writes a student with it, and a Hugging Face teacher's weights are found with it."""
+    rules = [
+        (r"^feature_extractor\.conv_layers\.(\d+)\.0\.weight$", r"feature_extractor.conv_layers.\1.conv.weight"),
+        (r"^feature_extractor\.conv_layers\.(\d+)\.0\.bias$", r"feature_extractor.conv_layers.\1.conv.bias"),
+        (r"^feature_extractor\.conv_layers\.0\.2\.(weight|bias)$", r"feature_extractor.conv_layers.0.layer_norm.\1"),
+        (r"^layer_norm\.(weight|bias)$", r"feature_projection.layer_norm.\1"),
+        (r"^post_extract_proj\.(weight|bias)$", r"feature_projection.projection.\1"),
+        (r"^encoder\.pos_conv\.0\.weight_g$", "encoder.pos_conv_embed.conv.parametrizations.weight.original0"),
+        (r"^encoder\.pos_conv\.0\.weight_v$", "encoder.pos_conv_embed.conv.parametrizations.weight.original1"),
+        (r"^encoder\.pos_conv\.0\.bias$", "encoder.pos_conv_embed.conv.bias"),
+        (r"^encoder\.layer_norm\.(weight|bias)$", r"encoder.layer_norm.\1"),
+        (r"^encoder\.layers\.(\d+)\.self_attn\.(\w+_proj)\.(weight|bias)$", r"encoder.layers.\1.attention.\2.\3"),
+        (r"^encoder\.layers\.(\d+)\.self_attn_layer_norm\.(weight|bias)$", r"encoder.layers.\1.layer_norm.\2"),
+        (r"^encoder\.layers\.(\d+)\.fc1\.(weight|bias)$", r"encoder.layers.\1.feed_forward.intermediate_dense.\2"),
+        (r"^encoder\.layers\.(\d+)\.fc2\.(weight|bias)$", r"encoder.layers.\1.feed_forward.output_dense.\2"),
+        (r"^encoder\.layers\.(\d+)\.final_layer_norm\.(weight|bias)$", r"encoder.layers.\1.final_layer_norm.\2"),
+        (r"^mask_emb$", "masked_spec_embed"),
+    ]
+    for pattern, repl in rules:
+        if re.match(pattern, fairseq_key):
+            return re.sub(pattern, repl, fairseq_key)
+    return None
 
 
 def is_model_dir(path: str | Path) -> bool:
@@ -96,14 +118,11 @@ class HfTeacher(torch.nn.Module):
                 hook.remove()
         return outputs[:num_layers]
 
-    def fairseq_cnn_state(self) -> dict[str, torch.Tensor]:
-        """The CNN and its layer norm under fairseq's names (what `GrowingStudent.copy_cnn_from` reads)."""
-        state = {}
-        for key, value in self.model.state_dict().items():
-            for pattern, repl in _CNN_NAMES:
-                if re.match(pattern, key):
-                    state[re.sub(pattern, repl, key)] = value
-        return state
+    def fairseq_state(self, keys) -> dict[str, torch.Tensor]:
+        """The teacher's weights of these fairseq names (`hf_name`), where it has them: what
+        `GrowingStudent.copy_cnn_from` asks for its CNN and layer norm."""
+        theirs = self.model.state_dict()
+        return {k: theirs[hf_name(k)] for k in keys if hf_name(k) in theirs}
 
     def info(self, path: str | Path) -> SpeechModelInfo:  # the log's summary of the teacher
         c = self.config

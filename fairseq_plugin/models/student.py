@@ -120,7 +120,7 @@ class GrowingStudent(BaseFairseqModel):
         """Initialise the CNN (and its layer norm) from the teacher's when every shape matches."""
         mine = {**{f"feature_extractor.{k}": v for k, v in self.feature_extractor.state_dict().items()},
                 **{f"layer_norm.{k}": v for k, v in self.layer_norm.state_dict().items()}}
-        theirs = teacher.fairseq_cnn_state() if hasattr(teacher, "fairseq_cnn_state") else teacher.state_dict()
+        theirs = teacher.fairseq_state(mine) if hasattr(teacher, "fairseq_state") else teacher.state_dict()
         if any(k not in theirs or theirs[k].shape != v.shape for k, v in mine.items()):
             return False
         self.feature_extractor.load_state_dict({k[len("feature_extractor."):]: theirs[k] for k in mine

@@ -22,12 +22,13 @@ from fairseq_plugin.checkpoints import CheckpointError, describe, load_speech_mo
 
 
 def install(src: Path, dst: Path, copy: bool) -> str:
-    if src.is_dir():  # a Hugging Face model directory
+    hf = hf_teacher.is_model_dir(src)
+    if hf:
         summary = hf_teacher.load(src).info(src).summary()
     else:
         model, cfg, _ = load_speech_model(src)
         summary = describe(model, cfg).summary()
-    if copy and src.is_dir():
+    if copy and hf:
         with atomic_dir(dst) as tmp:
             shutil.copytree(src, tmp, dirs_exist_ok=True)
     elif copy:
