@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import statistics
 from pathlib import Path
 
-from fairseq_plugin.atomic_io import atomic_save, atomic_write_text
+from fairseq_plugin.atomic_io import atomic_write_text
 from local.superb.columns import METRICS
-from local.superb.report import mean_std
+from local.superb.report import mean_std, pyplot, save_png
 from local.superb.rtf import real_time_factor
 
 
@@ -48,13 +47,7 @@ def write(superb: Path, variants: list[str], depths: list[int], rtf: dict[int, f
 
 
 def _plot(superb: Path, variants, depths, rows, metrics) -> None:
-    import matplotlib
-
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for variant in variants:
             points = [(d, statistics.mean(rows[variant, d][metric])) for d in depths if rows[variant, d]]
@@ -64,8 +57,7 @@ def _plot(superb: Path, variants, depths, rows, metrics) -> None:
         ax.set_xlabel("depth (layers run)")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    atomic_save(lambda tmp: fig.savefig(tmp, format="png", dpi=110), superb / "depth.png")
-    plt.close(fig)
+    save_png(fig, superb / "depth.png")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -50,13 +50,26 @@ def write_reports(results: dict[str, dict], chance: dict[str, list[float]], out:
     return table
 
 
-def _plot(results: dict[str, dict], out: Path) -> None:
+def pyplot():
+    """matplotlib's pyplot, drawing into files (Agg), its debug logging quiet (S3PRL leaves the root
+    logger at DEBUG)."""
     import matplotlib
 
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # S3PRL leaves the root logger at DEBUG
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_png(fig, path: Path) -> None:
+    """Write the figure in one rename, then free it."""
+    atomic_save(lambda tmp: fig.savefig(tmp, format="png", dpi=110), path)
+    pyplot().close(fig)
+
+
+def _plot(results: dict[str, dict], out: Path) -> None:
+    plt = pyplot()
     tasks = list(next(iter(results.values()))["layer_weights"])
     for what, file in (("layer_weights", "layer_weights.png"), ("curves", "curves.png")):
         fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.2), squeeze=False)
@@ -75,5 +88,4 @@ def _plot(results: dict[str, dict], out: Path) -> None:
         axes[0][0].set_ylabel("learned weight" if what == "layer_weights" else "training loss")
         axes[0][-1].legend(fontsize=7)
         fig.tight_layout()
-        atomic_save(lambda tmp: fig.savefig(tmp, format="png", dpi=110), out / file)
-        plt.close(fig)
+        save_png(fig, out / file)
