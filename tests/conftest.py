@@ -50,6 +50,14 @@ def module_scratch(request, tmp_path_factory, name: str):
         shutil.rmtree(path, ignore_errors=True)
 
 
+def assert_same_weights(a: dict, b: dict) -> None:
+    """Two checkpoints' model weights agree, tensor by tensor (a resumed run against an uninterrupted one)."""
+    import torch
+
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6, msg=key)
+
+
 def run(cmd: list[str], cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
     """Run a recipe command as path.sh would set it up; with `check`, fail the test on a non-zero exit."""
     proc = subprocess.run(cmd, cwd=cwd, env=recipe_env(), capture_output=True, text=True)

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from tests.conftest import distill
+from tests.conftest import assert_same_weights, distill
 
 
 def load(path):
@@ -56,8 +56,7 @@ def test_resume_matches_uninterrupted_run(tiny_corpus, tiny_teacher, tmp_path, s
     b = load(tmp_path / "resumed/checkpoints/checkpoint_last.pt")
     assert a["optimizer_history"][-1]["num_updates"] == b["optimizer_history"][-1]["num_updates"] == 6
     assert a["model"].keys() == b["model"].keys()
-    for key in a["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6, msg=key)
+    assert_same_weights(a, b)
 
 
 def test_two_process_ddp_across_growth(tiny_corpus, tiny_teacher, tmp_path):

@@ -14,8 +14,8 @@ import yaml
 import torch
 
 from fairseq_plugin.atomic_io import make_fairseq_checkpoint_copies_atomic
-from tests.conftest import (REPO, distill, distill_cmd, recipe_env, run, teacher_cmd, tiny_corpus_config,
-                            write_config)
+from tests.conftest import (REPO, assert_same_weights, distill, distill_cmd, recipe_env, run, teacher_cmd,
+                            tiny_corpus_config, write_config)
 
 
 def test_full_disk_while_copying_checkpoint_last_keeps_the_previous_one(tmp_path, monkeypatch):
@@ -104,8 +104,7 @@ def test_distillation_killed_at_a_random_moment_resumes_to_the_same_weights(tiny
     distill(tiny_corpus, tiny_teacher, tmp_path / "killed", *KILLED)
     a, b = uninterrupted, torch.load(last, weights_only=False)
     assert b["optimizer_history"][-1]["num_updates"] == 8 and int(b["model"]["depth"]) == 6
-    for key in a["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6, msg=key)
+    assert_same_weights(a, b)
 
 
 @pytest.mark.parametrize("delay", [0.3, 1.5])
@@ -118,8 +117,7 @@ def test_teacher_training_killed_then_rerun_matches_an_uninterrupted_run(tiny_co
     run(cmd)
     a, b = torch.load(tiny_teacher, weights_only=False), torch.load(last, weights_only=False)
     assert b["optimizer_history"][-1]["num_updates"] == a["optimizer_history"][-1]["num_updates"] == 6
-    for key in a["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6, msg=key)
+    assert_same_weights(a, b)
 
 
 def test_rerunning_a_finished_run_trains_no_further(tiny_corpus, tiny_teacher, tmp_path):

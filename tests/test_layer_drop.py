@@ -12,7 +12,7 @@ from fairseq import checkpoint_utils
 
 from fairseq_plugin.export import export, load_student
 from fairseq_plugin.layer_drop import DynamicConfig, kept_layers
-from tests.conftest import distill
+from tests.conftest import assert_same_weights, distill
 from tests.test_distillation import RESUME, load
 
 
@@ -60,8 +60,7 @@ def test_layer_dropping_trains_with_growth_and_resumes_exactly(tiny_corpus, tiny
     a = load(tmp_path / "straight/checkpoints/checkpoint_last.pt")
     b = load(tmp_path / "resumed/checkpoints/checkpoint_last.pt")
     assert a["optimizer_history"][-1]["num_updates"] == b["optimizer_history"][-1]["num_updates"] == 6
-    for key in a["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6, msg=key)
+    assert_same_weights(a, b)
 
 
 def test_layer_dropping_settings_are_checked(tiny_corpus, tiny_teacher, tmp_path):

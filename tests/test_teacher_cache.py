@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from fairseq_plugin import teacher_cache
 from fairseq_plugin.speed import SpeedConfig
 from fairseq_plugin.tasks.distillation import DistillationConfig, DistillationTask
-from tests.conftest import distill, distill_cmd, run
+from tests.conftest import assert_same_weights, distill, distill_cmd, run
 from tests.test_distillation import RESUME
 
 MAX_SAMPLES = 24000  # 1.5 s: shorter than most test utterances, so crops happen
@@ -165,8 +165,7 @@ def test_a_run_reading_the_cache_trains_like_the_run_that_filled_it(tiny_corpus,
     a = torch.load(tmp_path / "filled/checkpoints/checkpoint_last.pt", weights_only=False)
     b = torch.load(tmp_path / "read/checkpoints/checkpoint_last.pt", weights_only=False)
     assert a["optimizer_history"][-1]["num_updates"] == b["optimizer_history"][-1]["num_updates"] == 6
-    for key in a["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6, msg=key)
+    assert_same_weights(a, b)
 
 
 def test_a_filled_cache_serves_a_run_from_its_first_batch(tiny_corpus, tiny_teacher, tmp_path):
