@@ -39,7 +39,7 @@ overrides() {
 expdir=$(realpath -m "${expdir}")
 manifests=$(realpath -m "${datadir}/manifests")
 teacher=$(realpath -m "${teacher}")
-[ -f "${teacher}" ] || [ -d "${teacher}" ] || { echo "${teacher}: no teacher; run ./run.sh --stage 1 --stop-stage 2 first" >&2; exit 1; }
+[ -e "${teacher}" ] || { echo "${teacher}: no teacher; run ./run.sh --stage 1 --stop-stage 2 first" >&2; exit 1; }
 
 upstreams=(--upstream "teacher=${expdir}/upstreams/teacher/s3prl.pt")
 local/export_upstream.sh "${teacher}" "${expdir}/upstreams/teacher"

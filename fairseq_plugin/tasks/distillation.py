@@ -342,7 +342,7 @@ class DistillationTask(AudioPretrainingTask):
         so that a batch trains the same read or computed."""
         dtype = sample["net_input"]["source"].dtype
         if sample["targets_from_cache"]:
-            features = sample["cached_features"].to(sample["net_input"]["source"].device)
+            features = sample["cached_features"]  # on the batch's device, as fairseq moves the whole sample
         else:
             features = sample["net_input"]["features"].to(torch.float16)
             features = features.masked_fill(sample["target_padding_mask"][..., None], 0)
