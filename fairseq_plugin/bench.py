@@ -321,6 +321,13 @@ def run(size: Size, device: torch.device, steps: int, warmup: int, depths: list[
             teacher = build(size, data, LEVERS_OFF, device)[0]
             report["teacher_modules"] = module_times(teacher.teacher, batch["net_input"]["source"],
                                                      teacher.teacher_depth, device, steps)
+        # The teacher's forward alone (what filling the teacher cache costs per batch), fp32 and with the levers.
+        report["teacher_forward"] = {}
+        for name, levers in (("fp32", LEVERS_OFF), ("levers_on", LEVERS_ON)):
+            forward_task = build(size, data, levers, device)[0]
+            forward = lambda t=forward_task: t.teacher_outputs(  # noqa: E731
+                {"id": batch["id"], "net_input": dict(batch["net_input"])})
+            report["teacher_forward"][name] = measure(forward, size, device, steps, warmup)
         variants = {**VARIANTS, **({COMPILED[0]: COMPILED[1:]} if with_compile else {})}
         for name, (levers, _) in variants.items():
             step = step_function(*build(size, data, levers, device), batch, device)
@@ -360,6 +367,12 @@ def table(report: dict, depths: list[int]) -> str:
         mem = f"{row['peak_gpu_mem_gib']:.2f}" if row["peak_gpu_mem_gib"] is not None else "-"
         lines.append(f"| {names[key]} | {row['ms_per_step']:.1f} | {row['audio_hours_per_hour']:.0f} | "
                      f"{row['hours_per_960h_epoch']:.1f} | {row['tflops']:.3f} | {mem} | {row['x_baseline']:.2f}x baseline |")
+    lines += ["", "| teacher forward alone (a teacher-cache fill) | ms/batch | audio-h per h | TFLOP/s | peak GPU GiB |",
+              "|---|---|---|---|---|"]
+    for key, row in report.get("teacher_forward", {}).items():
+        mem = f"{row['peak_gpu_mem_gib']:.2f}" if row["peak_gpu_mem_gib"] is not None else "-"
+        label = {"fp32": "fp32", "levers_on": "bf16 autocast, fp32 pos conv"}[key]
+        lines.append(f"| {label} | {row['ms_per_step']:.1f} | {row['audio_hours_per_hour']:.0f} | {row['tflops']:.3f} | {mem} |")
     lines += ["", "| EQL stacking " + " -> ".join(map(str, depths)) + " | "
               + " | ".join(f"ms at depth {d}" for d in depths) + " | speed-up vs full depth |",
               "|---|" + "---|" * (len(depths) + 1)]

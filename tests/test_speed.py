@@ -59,6 +59,8 @@ def test_benchmark_runs_and_reports_ratios(tmp_path):
         assert row["audio_hours_per_hour"] > 0 and row["tflops"] > 0
     assert set(report["stacking"]) == {"levers_off", "levers_on", "levers_on_cached", "student_alone"}
     assert all(row["speedup"] > 0 for row in report["stacking"].values())
+    assert set(report["teacher_forward"]) == {"fp32", "levers_on"}
+    assert all(row["audio_hours_per_hour"] > 0 and row["tflops"] > 0 for row in report["teacher_forward"].values())
     # the tiny teacher's 3 layers x 64 dims in fp16, 50 frames per second (a little less per utterance)
     assert 0.9 * 3 * 64 * 2 * 50 * 3600 / 1e9 < report["teacher_cache_gb_per_audio_hour"] <= 3 * 64 * 2 * 50 * 3600 / 1e9
     # and the student's input, the tiny CNN's 64 channels
