@@ -56,6 +56,7 @@ from fairseq_plugin.criterions.layer_distillation import (LayerDistillationConfi
 from fairseq_plugin.encoder_outputs import layer_outputs
 from fairseq_plugin.export import hubert_checkpoint, save_hubert
 from fairseq_plugin.models.student import HUBERT_CNN, StudentConfig
+from fairseq_plugin.optim import TorchAdamW, TorchAdamWConfig
 from fairseq_plugin.speed import SpeedConfig, autocast
 from fairseq_plugin.tasks.distillation import DistillationConfig, DistillationTask, GrowthConfig
 
@@ -98,14 +99,20 @@ VARIANTS = {
                           "plugin, levers on + teacher targets from disk (CNN run for the student's input)"),
     "plugin_student_only": (dataclasses.replace(LEVERS_ON, teacher_cache=CACHE),
                             "plugin, levers on + targets and student input from disk: the student alone"),
+    "plugin_torch_adamw": (LEVERS_ON, "plugin, levers on + torch's AdamW (optimizer._name=torch_adamw)"),
+    "plugin_student_only_torch_adamw": (dataclasses.replace(LEVERS_ON, teacher_cache=CACHE),
+                                        "plugin, the student alone + torch's AdamW"),
 }
+# The variants that step with torch's AdamW (fused on CUDA) instead of fairseq's adam.
+TORCH_ADAMW = {"plugin_torch_adamw", "plugin_student_only_torch_adamw", "student_alone_torch_adamw"}
 
 
 COMPILED = ("plugin_compiled", dataclasses.replace(LEVERS_ON, compile_layers=True),
             "plugin, levers on + torch.compile of every Transformer layer")  # with --compile
 # Stacking is timed with the fixed-cost levers off, on, and on with the teacher's targets from disk.
 STACKING = {"levers_off": LEVERS_OFF, "levers_on": LEVERS_ON, "levers_on_cached": VARIANTS["plugin_all_cached"][0],
-            "student_alone": VARIANTS["plugin_student_only"][0]}
+            "student_alone": VARIANTS["plugin_student_only"][0],
+            "student_alone_torch_adamw": VARIANTS["plugin_student_only"][0]}
 EPOCH_HOURS = 960  # LibriSpeech 960 h: what one epoch of the `paper` preset reads
 
 
@@ -117,7 +124,7 @@ def write_teacher(size: Size, path: Path) -> None:
     save_hubert(state, dictionaries, path)
 
 
-def build(size: Size, data: Path, levers: SpeedConfig, device: torch.device):
+def build(size: Size, data: Path, levers: SpeedConfig, device: torch.device, torch_adamw: bool = False):
     """The plugin's own task, student, criterion and optimizer, as fairseq-hydra-train builds them."""
     layers, dim, ffn, heads = size.student
     if levers.teacher_cache == CACHE:
@@ -139,7 +146,10 @@ def build(size: Size, data: Path, levers: SpeedConfig, device: torch.device):
     task.teacher.to(device)
     criterion = LayerDistillationCriterion(LayerDistillationConfig(), task)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = FairseqAdam(FairseqAdamConfig(lr=[5e-4], weight_decay=1e-4, adam_betas="(0.9,0.98)"), params)
+    if torch_adamw:
+        optimizer = TorchAdamW(TorchAdamWConfig(lr=[5e-4], weight_decay=1e-4, adam_betas="(0.9,0.98)"), params)
+    else:
+        optimizer = FairseqAdam(FairseqAdamConfig(lr=[5e-4], weight_decay=1e-4, adam_betas="(0.9,0.98)"), params)
     return task, model, criterion, optimizer
 
 
@@ -330,10 +340,10 @@ def run(size: Size, device: torch.device, steps: int, warmup: int, depths: list[
             report["teacher_forward"][name] = measure(forward, size, device, steps, warmup)
         variants = {**VARIANTS, **({COMPILED[0]: COMPILED[1:]} if with_compile else {})}
         for name, (levers, _) in variants.items():
-            step = step_function(*build(size, data, levers, device), batch, device)
+            step = step_function(*build(size, data, levers, device, name in TORCH_ADAMW), batch, device)
             report["step"][name] = measure(step, size, device, steps, warmup)
-            if profile_ops and name == "plugin":
-                report["profile"]["plugin"] = top_operators(step, device)
+            if profile_ops and name in ("plugin", "plugin_student_only"):
+                report["profile"][name] = top_operators(step, device)
         audio_hours = size.batch * size.seconds / 3600
         caches = list((data / "cache").glob("train-*"))  # the cached variants' targets and student input
         for key, pattern in (("teacher_cache_gb_per_audio_hour", "layer*.npy"),
@@ -341,7 +351,7 @@ def run(size: Size, device: torch.device, steps: int, warmup: int, depths: list[
             per_cache = [sum(f.stat().st_size for f in c.glob(pattern)) for c in caches]  # one set of files each
             report[key] = max(per_cache) / 1e9 / audio_hours
         for name, levers in STACKING.items():
-            task, model, criterion, optimizer = build(size, data, levers, device)
+            task, model, criterion, optimizer = build(size, data, levers, device, name in TORCH_ADAMW)
             per_depth = {}
             for depth in depths:
                 set_depth(task, model, depth)

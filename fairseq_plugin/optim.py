@@ -1,0 +1,50 @@
+"""torch's own AdamW as a fairseq optimizer: `optimizer._name: torch_adamw`.
+
+fairseq's `adam` steps through `fairseq.optim.adam.Adam`, a Python loop over the parameters with
+several kernels each, unless apex or fairseq's `fused_adam_cuda` extension is installed; the
+fairseq wheel ships neither. torch's AdamW does the same update in one fused kernel on CUDA
+(a few `foreach` kernels elsewhere). Both are AdamW: weight decay is decoupled and scaled by the
+learning rate. The one difference is where eps enters: fairseq adds it to sqrt(v) before the bias
+correction, torch after, so fairseq's eps is eps / sqrt(1 - beta2^t) in torch's terms; the two
+agree once that factor is 1 (a few thousand updates at beta2 = 0.98) or sqrt(v) >> eps.
+"""
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+import torch
+from fairseq.dataclass import FairseqDataclass
+from fairseq.optim import FairseqOptimizer, register_optimizer
+from omegaconf import II, OmegaConf
+
+
+@dataclass
+class TorchAdamWConfig(FairseqDataclass):
+    adam_betas: Any = field(default=(0.9, 0.999), metadata={"help": "betas, as fairseq's adam takes them"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "epsilon, added after the bias correction"})
+    weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay, as fairseq's adam"})
+    fused: Optional[bool] = field(
+        default=None, metadata={"help": "torch's fused kernel; default: on when the parameters are on CUDA"})
+    lr: List[float] = II("optimization.lr")
+
+
+@register_optimizer("torch_adamw", dataclass=TorchAdamWConfig)
+class TorchAdamW(FairseqOptimizer):
+    def __init__(self, cfg: TorchAdamWConfig, params):
+        super().__init__(cfg)
+        params = list(params)
+        tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+        fused = cfg.fused if cfg.fused is not None else bool(tensors) and all(p.is_cuda for p in tensors)
+        self._optimizer = torch.optim.AdamW(params, fused=fused, foreach=None if fused else True,
+                                            **self.optimizer_config)
+
+    @property
+    def optimizer_config(self) -> dict:
+        """What overrides the values saved in a checkpoint on resume (fairseq's convention)."""
+        betas = self.cfg.adam_betas
+        return {"lr": self.cfg.lr[0] if isinstance(self.cfg.lr, Collection) else self.cfg.lr,
+                "betas": tuple(eval(betas) if isinstance(betas, str) else OmegaConf.to_container(betas)
+                               if OmegaConf.is_config(betas) else betas),
+                "eps": self.cfg.adam_eps, "weight_decay": self.cfg.weight_decay}
