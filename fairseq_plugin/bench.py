@@ -7,7 +7,7 @@
 Measured in one run, on the device it runs on, with random weights (cost does not depend on them):
 
 1. The plugin's real training step (`DistillationTask.train_step`, the `layer_distillation`
-   criterion, fairseq's Adam), with the `task.speed.*` levers off, each alone, and all on, against a plain eager
+   criterion, fairseq's `adam` or the plugin's `torch_adamw`), with the `task.speed.*` levers off, each alone, and all on, against a plain eager
    PyTorch step of the same teacher, student, loss and batch. Reported: ms per step, audio-hours
    per hour, achieved TFLOP/s (counted by torch's FlopCounterMode, forward + backward), peak
    GPU memory, and the ratio to the eager baseline.

@@ -1,0 +1,135 @@
+"""DPHuBERT-style structured pruning (`fairseq_plugin.pruning`): hard-concrete gates, the expected
+parameter count, the Lagrangian, and materialising the pruned student."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fairseq_plugin import pruning
+from fairseq_plugin.models.student import GrowingStudent, StudentConfig
+from fairseq_plugin.pruning import HardConcreteGate, PruningConfig
+
+CNN = "[(32,10,5)] + [(24,3,2)] * 2 + [(16,2,2)]"
+
+
+def student(**overrides) -> GrowingStudent:
+    torch.manual_seed(0)
+    cfg = StudentConfig(encoder_layers=3, encoder_embed_dim=32, encoder_ffn_embed_dim=48, encoder_attention_heads=4,
+                        conv_feature_layers=CNN, conv_pos=16, conv_pos_groups=4, **overrides)
+    return GrowingStudent(cfg, teacher_dim=32, num_targets=2, start_depth=3)
+
+
+def test_gate_samples_and_expected_l0_agree_with_monte_carlo():
+    torch.manual_seed(0)
+    gate = HardConcreteGate(6, init_mean=0.5)
+    with torch.no_grad():
+        gate.log_alpha.copy_(torch.tensor([-4.0, -1.0, 0.0, 0.5, 1.5, 4.0]))
+    samples = torch.stack([gate.sample() for _ in range(20000)])
+    assert samples.min() >= 0 and samples.max() <= 1
+    assert (samples == 0).any() and (samples == 1).any()  # the stretch puts mass on exact 0 and 1
+    nonzero = (samples > 0).float().mean(0)
+    torch.testing.assert_close(nonzero.sum(), gate.l0_norm().detach(), atol=0.05, rtol=0)
+    torch.testing.assert_close(nonzero, torch.sigmoid(gate.log_alpha - 2 / 3 * math.log(0.1 / 1.1)).detach(),
+                               atol=0.015, rtol=0)
+
+
+def test_eval_mask_zeroes_as_many_units_as_the_expected_l0_leaves_out():
+    gate = HardConcreteGate(10, init_mean=0.5).eval()
+    with torch.no_grad():
+        gate.log_alpha.copy_(torch.linspace(-6, 6, 10))
+    mask = gate.sample()
+    zeros = round(10 - float(gate.l0_norm().detach()))
+    assert 0 < zeros < 10
+    assert (mask[:zeros] == 0).all() and (mask[zeros:] > 0).all()  # the smallest go
+    assert torch.equal(mask, gate.sample())  # deterministic
+
+
+def set_hard(gates, keep_share: float, seed: int = 1) -> None:
+    """Gates so far from 0 that every mask is exactly 0 or 1, keeping about `keep_share` of each set."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for gate in gates.values():
+            on = torch.rand(gate.n, generator=gen) < keep_share
+            on[0] = True  # at least one unit of each kind
+            gate.log_alpha.copy_(torch.where(on, 30.0, -30.0))
+
+
+def layer_outputs_of(model, source):
+    model.eval()
+    return model(source)["layers"]
+
+
+@pytest.mark.parametrize("kinds", [{}, {"prune_conv": False}, {"prune_heads": False, "prune_ffn": False}])
+def test_expected_params_equal_the_materialised_count_when_gates_are_hard(kinds):
+    model = student()
+    gates = pruning.attach_gates(model, PruningConfig(**kinds))
+    set_hard(gates, keep_share=0.5)
+    expected = float(pruning.expected_params(model))
+    pruning.materialize(model)
+    assert expected == pruning.unpruned_params(model)  # the live count, heads excluded
+
+
+def test_materialising_changes_no_output():
+    model = student()
+    gates = pruning.attach_gates(model, PruningConfig())
+    torch.manual_seed(2)
+    with torch.no_grad():  # soft gates: some units dropped, the others scaled by values below 1
+        for gate in gates.values():
+            gate.log_alpha.copy_(torch.randn(gate.n) * 3)
+    source = torch.randn(2, 8000)
+    before = layer_outputs_of(model, source)
+    before_count = sum(p.numel() for p in model.parameters())
+    sizes = pruning.materialize(model)
+    after = layer_outputs_of(model, source)
+    assert sum(p.numel() for p in model.parameters()) < before_count
+    assert sizes["heads"] != [4, 4, 4] and sizes["ffn"] != [48, 48, 48] and sizes["conv"] != [32, 24, 24]
+    assert not hasattr(model, "pruning_gates")
+    for a, b in zip(before, after):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert pruning.conv_spec_of(model).startswith(f"[({sizes['conv'][0]}, 10, 5)")
+
+
+def test_lagrangian_drives_a_toy_run_to_the_target_sparsity():
+    """Gates pulled towards keeping everything (a stand-in for the distillation loss) against the
+    Lagrangian: the expected sparsity settles at the target."""
+    model = student()
+    gates = pruning.attach_gates(model, PruningConfig(target_sparsity=0.5, warmup_updates=100))
+    full = pruning.unpruned_params(model)
+    lagrangian = pruning.SparsityLagrangian(0.5, warmup_updates=100)
+    params = [g.log_alpha for g in gates.values()] + list(lagrangian.parameters())
+    optimizer = torch.optim.Adam(params, lr=0.05)
+    for update in range(600):
+        sparsity = 1 - pruning.expected_params(model) / full
+        keep_all = -sum(torch.sigmoid(g.log_alpha).mean() for g in gates.values())
+        loss = 0.1 * keep_all + lagrangian(sparsity, update)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert abs(float(sparsity) - 0.5) < 0.02
+    # Sparsity sat below its target, so ascent made lambda1 negative: lambda1 (s - t) then pushes s up,
+    # against the pull to keep everything.
+    assert float(lagrangian.lambda1) < 0
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"target_sparsity": 1.0}, r"target_sparsity=1.0: must be in \(0, 1\)"),
+    ({"target_sparsity": 0.0}, r"target_sparsity=0.0: must be in \(0, 1\)"),
+    ({"prune_heads": False, "prune_ffn": False, "prune_conv": False}, "nothing to prune"),
+])
+def test_bad_settings_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        pruning.attach_gates(student(), PruningConfig(**overrides))
+
+
+def test_a_growing_or_frozen_cnn_student_is_refused():
+    model = student()
+    model.depth.fill_(1)
+    with pytest.raises(ValueError, match="full depth from the start"):
+        pruning.attach_gates(model, PruningConfig())
+    model = student()
+    for p in model.feature_extractor.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="prune_conv=false"):
+        pruning.attach_gates(model, PruningConfig())
