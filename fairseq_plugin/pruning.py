@@ -142,7 +142,9 @@ def _sample_gates(student, args) -> None:
 
 
 def _live_params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for name, p in module.named_parameters() if "log_alpha" not in name)
+    """Parameters of the network itself: not the gates' log_alpha nor the Lagrange multipliers."""
+    return sum(p.numel() for name, p in module.named_parameters()
+               if "log_alpha" not in name and not name.startswith("pruning_"))
 
 
 def _attention_params(dim: int, heads, head_dim: int):
@@ -220,6 +222,28 @@ class _ReverseGrad(torch.autograd.Function):
 
 def _ascend(x: torch.Tensor) -> torch.Tensor:
     return _ReverseGrad.apply(x)
+
+
+PARAM_GROUP = "pruning"  # fairseq's composite optimizer gives it its own learning rate and no weight decay
+
+
+def attach(student, cfg: PruningConfig) -> None:
+    """Gates and the Lagrangian on a student about to train: the parameters they add are tagged with
+    fairseq's `param_group`, for `optimizer._name: composite` (conf/distill/dphubert*.yaml)."""
+    gates = attach_gates(student, cfg)
+    student.pruning_reference = unpruned_params(student)
+    student.pruning_lagrangian = SparsityLagrangian(cfg.target_sparsity, cfg.warmup_updates)
+    for p in [*gates.parameters(), *student.pruning_lagrangian.parameters()]:
+        p.param_group = PARAM_GROUP
+
+
+def lagrangian_term(student) -> tuple[torch.Tensor, dict]:
+    """The Lagrangian at this update, and what the log shows of the sparsity it holds."""
+    sparsity = 1 - expected_params(student) / student.pruning_reference
+    term = student.pruning_lagrangian(sparsity, student.num_updates)
+    lagrangian = student.pruning_lagrangian
+    return term, {"expected_sparsity": float(sparsity), "target_sparsity": lagrangian.target_at(student.num_updates),
+                  "lambda1": float(lagrangian.lambda1), "lambda2": float(lagrangian.lambda2)}
 
 
 class PrunedSelfAttention(torch.nn.Module):

@@ -10,6 +10,8 @@ import torch
 from fairseq_plugin import pruning
 from fairseq_plugin.models.student import GrowingStudent, StudentConfig
 from fairseq_plugin.pruning import HardConcreteGate, PruningConfig
+from tests.conftest import REPO, assert_same_weights, run
+from tests.test_distillation import load
 
 CNN = "[(32,10,5)] + [(24,3,2)] * 2 + [(16,2,2)]"
 
@@ -133,3 +135,36 @@ def test_a_growing_or_frozen_cnn_student_is_refused():
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="prune_conv=false"):
         pruning.attach_gates(model, PruningConfig())
+
+
+def prune_cmd(tiny_corpus, teacher, out, *overrides):
+    """The dphubert_tiny preset on the test teacher (2 x 64): the student its copy, pruned while distilled."""
+    return ["fairseq-hydra-train", "--config-dir", str(REPO / "conf/distill"), "--config-name", "dphubert_tiny",
+            f"task.data={tiny_corpus / 'data/manifests'}", f"task.teacher_checkpoint={teacher}",
+            f"checkpoint.save_dir={out / 'checkpoints'}", f"hydra.run.dir={out / 'hydra'}",
+            "model.encoder_layers=2", "model.encoder_embed_dim=64", "model.encoder_ffn_embed_dim=128",
+            "model.encoder_attention_heads=2", "task.teacher_layers=[1,2]", "dataset.max_tokens=120000",
+            "model.conv_feature_layers='[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2'", "common.log_interval=1",
+            "model.pruning.warmup_updates=4", "checkpoint.save_interval_updates=100", *overrides]
+
+
+def test_a_pruning_run_trains_its_gates_and_resumes_exactly(tiny_corpus, tiny_teacher, tmp_path):
+    straight = run(prune_cmd(tiny_corpus, tiny_teacher, tmp_path / "straight", "optimization.max_update=6"))
+    log = straight.stdout + straight.stderr
+    assert "expected_sparsity" in log and "lambda1" in log
+    run(prune_cmd(tiny_corpus, tiny_teacher, tmp_path / "resumed", "optimization.max_update=3"))
+    run(prune_cmd(tiny_corpus, tiny_teacher, tmp_path / "resumed", "optimization.max_update=6"))
+    a = load(tmp_path / "straight/checkpoints/checkpoint_last.pt")
+    b = load(tmp_path / "resumed/checkpoints/checkpoint_last.pt")
+    gates = [k for k in a["model"] if k.endswith("log_alpha")]
+    assert len(gates) == 2 * 2 + 6  # heads and FFN of 2 layers, 6 of the 7 conv layers
+    start = torch.load(tiny_teacher, weights_only=False)["model"]
+    assert not torch.equal(a["model"]["encoder.layers.0.fc1.weight"], start["encoder.layers.0.fc1.weight"])
+    assert_same_weights(a, b)
+
+
+def test_a_student_of_another_shape_cannot_start_as_the_teachers_copy(tiny_corpus, tiny_teacher, tmp_path):
+    proc = run(prune_cmd(tiny_corpus, tiny_teacher, tmp_path, "optimization.max_update=1", "model.encoder_embed_dim=48"),
+               check=False)
+    assert proc.returncode != 0
+    assert "model.init_from_teacher=true: the teacher" in proc.stdout + proc.stderr

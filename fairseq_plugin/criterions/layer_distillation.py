@@ -26,7 +26,7 @@ from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
-from fairseq_plugin import speed
+from fairseq_plugin import pruning, speed
 from fairseq_plugin.models.student import unwrap_student
 
 
@@ -94,6 +94,10 @@ class LayerDistillationCriterion(FairseqCriterion):
             else:  # plain layer dropping
                 loss, logging_output, last = dropped_loss, dropped_log, dropped["layers"][-1]
                 logging_output["depth"] = student.live_depth
+        if hasattr(student, "pruning_gates"):  # structured pruning: hold the expected size at its target
+            term, pruning_log = pruning.lagrangian_term(student)
+            loss = loss + term
+            logging_output.update(pruning_log, loss_lagrangian=term.detach())
         if "kept_depth" in sample:  # layer dropping is on: the depth that ran (all of it, some updates)
             logging_output.update(kept_depth=sample["kept_depth"], dropping_batches=1)
         if not torch.isfinite(loss):
@@ -158,6 +162,9 @@ class LayerDistillationCriterion(FairseqCriterion):
         skipped = sum(log.get("nonfinite_skipped", 0) for log in logging_outputs)
         if skipped:
             metrics.log_scalar("nonfinite_skipped", skipped, weight=0, priority=1)
+        for key in ("expected_sparsity", "target_sparsity", "lambda1", "lambda2"):  # pruning
+            if any(key in log for log in logging_outputs):
+                metrics.log_scalar(key, sum(float(log.get(key, 0)) for log in logging_outputs) / n, n, round=4)
         metrics.log_scalar("ntokens", sum(log.get("ntokens", 0) for log in logging_outputs), weight=0)
 
     @staticmethod

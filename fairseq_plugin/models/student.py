@@ -22,6 +22,7 @@ from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel, Transfor
 from fairseq.modules import LayerNorm
 
 from fairseq_plugin import conv_spec, layer_drop
+from fairseq_plugin.pruning import PruningConfig
 from fairseq_plugin.encoder_outputs import cnn_features, layer_outputs
 
 HUBERT_CNN = "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"
@@ -58,6 +59,11 @@ class StudentConfig(FairseqDataclass):
         default=True, metadata={"help": "copy the teacher's CNN (and its layer norm) where shapes match"})
     projection: str = field(
         default="linear", metadata={"help": "student -> teacher width: 'linear' heads, or 'none' (widths must match)"})
+    init_from_teacher: bool = field(
+        default=False, metadata={"help": "start as a copy of the teacher (same shape everywhere): pruning's start"})
+    # Structured pruning while distilling (fairseq_plugin/pruning.py).
+    prune: bool = field(default=False, metadata={"help": "learn which heads, FFN units and CNN channels to remove"})
+    pruning: PruningConfig = field(default_factory=PruningConfig)
 
 
 @register_model("growing_student", dataclass=StudentConfig)
@@ -112,9 +118,22 @@ class GrowingStudent(BaseFairseqModel):
     @classmethod
     def build_model(cls, cfg: StudentConfig, task):
         model = cls(cfg, teacher_dim=task.teacher_dim, num_targets=task.num_targets, start_depth=task.start_depth)
-        if cfg.init_cnn_from_teacher:
+        if cfg.init_from_teacher:
+            model.copy_all_from(task.teacher, task.cfg.teacher_checkpoint)
+        elif cfg.init_cnn_from_teacher:
             model.copy_cnn_from(task.teacher)
         return model
+
+    def copy_all_from(self, teacher: torch.nn.Module, name: str) -> None:
+        """Every weight but the distillation heads from the teacher; refused unless every shape matches."""
+        mine = {k: v for k, v in self.state_dict().items() if not k.startswith("heads.") and k != "depth"}
+        theirs = teacher.fairseq_state(mine) if hasattr(teacher, "fairseq_state") else teacher.state_dict()
+        wrong = [k for k, v in mine.items() if k not in theirs or theirs[k].shape != v.shape]
+        if wrong:
+            raise ValueError(f"model.init_from_teacher=true: the teacher {name} does not have the student's shape "
+                             f"({len(wrong)} of {len(mine)} tensors differ, e.g. {wrong[0]}); give the student the "
+                             "teacher's model.encoder_* and conv_feature_layers")
+        self.load_state_dict({k: theirs[k] for k in mine}, strict=False)
 
     def copy_cnn_from(self, teacher: torch.nn.Module) -> bool:
         """Initialise the CNN (and its layer norm) from the teacher's when every shape matches."""

@@ -28,7 +28,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
 from omegaconf import II
 
-from fairseq_plugin import crops, growth, hf_teacher, layer_drop, multinode, speed, teacher_cache
+from fairseq_plugin import crops, growth, hf_teacher, layer_drop, multinode, pruning, speed, teacher_cache
 from fairseq_plugin.checkpoints import describe, load_speech_model
 from fairseq_plugin.encoder_outputs import cnn_features, layer_outputs
 from fairseq_plugin.models.student import unwrap_student
@@ -218,6 +218,8 @@ class DistillationTask(AudioPretrainingTask):
                     "task.speed.share_teacher_cnn=false, in the preset or as an override")
             model.feature_extractor.requires_grad_(False)
             model.layer_norm.requires_grad_(False)
+        if cfg.prune:
+            pruning.attach(model, cfg.pruning)
         speed.contiguous_layer_inputs(model)
         if self.cfg.speed.compile_layers:
             speed.compile_layers(model)
