@@ -45,7 +45,7 @@ from fairseq.models.hubert.hubert import HubertConfig, HubertModel
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 from omegaconf import OmegaConf
 
-from fairseq_plugin import conv_spec, hf_teacher
+from fairseq_plugin import conv_spec, hf_teacher, pruning
 from fairseq_plugin.atomic_io import atomic_dir, atomic_save
 from fairseq_plugin.checkpoints import (CheckpointError, load_speech_model, model_and_task_names, read_checkpoint,
                                         read_full_depth_student)
@@ -116,7 +116,9 @@ def hubert_checkpoint(hcfg: HubertConfig, normalize: bool = False, weights: dict
 
 def to_fairseq_hubert(student: GrowingStudent, normalize: bool = False) -> tuple[HubertModel, dict, list[Dictionary]]:
     """A fairseq HubertModel holding the student's encoder, the checkpoint dict to save it, its dictionaries."""
-    encoder_weights = {k: v for k, v in student.state_dict().items() if not k.startswith("heads.") and k != "depth"}
+    # A pruned student's layers are written zero-padded to one size (the same function): what HuBERT holds.
+    weights = pruning.uniform_state(student) if student.cfg.layer_heads or student.cfg.layer_ffn else student.state_dict()
+    encoder_weights = {k: v for k, v in weights.items() if not k.startswith("heads.") and k != "depth"}
     return hubert_checkpoint(student.hubert_config(), normalize, encoder_weights, student.num_updates)
 
 

@@ -334,11 +334,65 @@ def materialize(student) -> dict[str, list[int]]:
         sizes["conv"].append(len(index))
     del student.pruning_gates
     student._pruning_hook.remove()
+    cfg = student.cfg  # the config now describes the pruned shape, so checkpoints rebuild it
+    cfg.prune, cfg.init_from_teacher = False, False
+    cfg.conv_feature_layers = conv_spec_of(student)
+    cfg.layer_heads, cfg.layer_ffn = sizes["heads"], sizes["ffn"]
     return sizes
+
+
+def sizes_of(sizes, layers: int, what: str) -> list[int] | None:
+    """`StudentConfig.layer_heads` / `layer_ffn`: one size per layer; empty: uniform."""
+    if not sizes:
+        return None
+    sizes = [int(x) for x in sizes]
+    if len(sizes) != layers or min(sizes) < 0:
+        raise ValueError(f"model.{what}={sizes}: give {layers} sizes (one per layer), each >= 0")
+    return sizes
+
+
+def resize_layers(student, heads: list[int] | None, ffn: list[int] | None) -> None:
+    """Give a freshly built student the per-layer sizes of a pruned one (fresh weights)."""
+    cfg = student.cfg
+    dim, head_dim = cfg.encoder_embed_dim, cfg.encoder_embed_dim // cfg.encoder_attention_heads
+    for i, layer in enumerate(student.encoder.layers):
+        if heads is not None:
+            layer.self_attn = PrunedSelfAttention(dim, heads[i], head_dim, cfg.attention_dropout)
+        if ffn is not None:
+            layer.fc1, layer.fc2 = torch.nn.Linear(dim, ffn[i]), torch.nn.Linear(ffn[i], dim)
+
+
+def uniform_state(student) -> dict[str, torch.Tensor]:
+    """The pruned student's weights zero-padded back to its config's uniform heads and FFN width:
+    a padded head has zero q/k/v and out_proj columns and an FFN unit zero weights and bias, so
+    each adds exactly 0 and the padded model computes what the pruned one computes. What fairseq's
+    HuBERT, torchaudio, S3PRL and Hugging Face can load (they hold one size for all layers)."""
+    cfg = student.cfg
+    dim, heads = cfg.encoder_embed_dim, cfg.encoder_attention_heads
+    inner_full, ffn_full = dim, cfg.encoder_ffn_embed_dim
+    state = {k: v.clone() for k, v in student.state_dict().items()}
+
+    def pad(key: str, shape: tuple[int, ...]) -> None:
+        small = state[key]
+        full = torch.zeros(shape, dtype=small.dtype)
+        full[tuple(slice(0, n) for n in small.shape)] = small
+        state[key] = full
+
+    for i in range(len(student.encoder.layers)):
+        prefix = f"encoder.layers.{i}."
+        for name in ("q_proj", "k_proj", "v_proj"):
+            pad(f"{prefix}self_attn.{name}.weight", (inner_full, dim))
+            pad(f"{prefix}self_attn.{name}.bias", (inner_full,))
+        pad(f"{prefix}self_attn.out_proj.weight", (dim, inner_full))
+        pad(f"{prefix}fc1.weight", (ffn_full, dim))
+        pad(f"{prefix}fc1.bias", (ffn_full,))
+        pad(f"{prefix}fc2.weight", (dim, ffn_full))
+    assert heads * (dim // heads) == inner_full
+    return state
 
 
 def conv_spec_of(student) -> str:
     """The pruned CNN in fairseq's `conv_feature_layers` format, from its actual layers."""
     layers = [(_conv(b).out_channels, _conv(b).kernel_size[0], _conv(b).stride[0])
               for b in student.feature_extractor.conv_layers]
-    return "[" + ", ".join(f"({c}, {k}, {s})" for c, k, s in layers) + "]"
+    return "[" + ",".join(f"({c},{k},{s})" for c, k, s in layers) + "]"

@@ -3,11 +3,15 @@ parameter count, the Lagrangian, and materialising the pruned student."""
 from __future__ import annotations
 
 import math
+import shlex
+import sys
 
 import pytest
 import torch
 
 from fairseq_plugin import pruning
+from fairseq_plugin.encoder_outputs import layer_outputs
+from fairseq_plugin.export import to_fairseq_hubert
 from fairseq_plugin.models.student import GrowingStudent, StudentConfig
 from fairseq_plugin.pruning import HardConcreteGate, PruningConfig
 from tests.conftest import REPO, assert_same_weights, run
@@ -90,7 +94,7 @@ def test_materialising_changes_no_output():
     assert not hasattr(model, "pruning_gates")
     for a, b in zip(before, after):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    assert pruning.conv_spec_of(model).startswith(f"[({sizes['conv'][0]}, 10, 5)")
+    assert pruning.conv_spec_of(model).startswith(f"[({sizes['conv'][0]},10,5)")
 
 
 def test_lagrangian_drives_a_toy_run_to_the_target_sparsity():
@@ -162,9 +166,42 @@ def test_a_pruning_run_trains_its_gates_and_resumes_exactly(tiny_corpus, tiny_te
     assert not torch.equal(a["model"]["encoder.layers.0.fc1.weight"], start["encoder.layers.0.fc1.weight"])
     assert_same_weights(a, b)
 
+    # Materialise, distil the pruned shape on from it (fairseq's finetune_from_model), export it.
+    proc = run([sys.executable, "-m", "fairseq_plugin.prune", str(tmp_path / "straight/checkpoints/checkpoint_last.pt"),
+                str(tmp_path / "pruned.pt")])
+    assert "parameters (target" in proc.stdout
+    final = shlex.split(proc.stdout.split("final distillation from it: ")[1])  # as a shell reads the line
+    run(prune_cmd(tiny_corpus, tiny_teacher, tmp_path / "final", "optimization.max_update=2", *final))
+    pruned = load(tmp_path / "pruned.pt")
+    tuned = load(tmp_path / "final/checkpoints/checkpoint_last.pt")
+    assert tuned["cfg"]["model"]["layer_ffn"] == pruned["cfg"]["model"]["layer_ffn"]
+    assert tuned["model"].keys() == pruned["model"].keys()
+    assert not any("log_alpha" in k for k in tuned["model"])
+    run([sys.executable, "-m", "fairseq_plugin.export", str(tmp_path / "final/checkpoints/checkpoint_last.pt"),
+         str(tmp_path / "export")])
+    assert (tmp_path / "export/hubert.pt").is_file()
+
 
 def test_a_student_of_another_shape_cannot_start_as_the_teachers_copy(tiny_corpus, tiny_teacher, tmp_path):
     proc = run(prune_cmd(tiny_corpus, tiny_teacher, tmp_path, "optimization.max_update=1", "model.encoder_embed_dim=48"),
                check=False)
     assert proc.returncode != 0
     assert "model.init_from_teacher=true: the teacher" in proc.stdout + proc.stderr
+
+
+def test_the_pruned_student_exports_as_a_padded_hubert_with_the_same_outputs():
+    model = student()
+    gates = pruning.attach_gates(model, PruningConfig())
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for gate in gates.values():
+            gate.log_alpha.copy_(torch.randn(gate.n) * 3)
+    pruning.materialize(model)
+    assert model.cfg.layer_heads and model.cfg.layer_ffn
+    rebuilt = GrowingStudent(model.cfg, teacher_dim=32, num_targets=2, start_depth=3)
+    rebuilt.load_state_dict(model.state_dict())  # the config alone rebuilds the pruned shape
+    hubert, _, _ = to_fairseq_hubert(rebuilt.eval())
+    source = torch.randn(2, 8000)
+    theirs, _ = layer_outputs(hubert, source, None, 3)
+    for a, b in zip(layer_outputs_of(rebuilt, source), theirs):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -13,6 +13,7 @@ holds the layers in execution order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import List
 
 import torch
 from fairseq.dataclass import FairseqDataclass
@@ -21,7 +22,7 @@ from fairseq.models.hubert.hubert import HubertConfig
 from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel, TransformerEncoder
 from fairseq.modules import LayerNorm
 
-from fairseq_plugin import conv_spec, layer_drop
+from fairseq_plugin import conv_spec, layer_drop, pruning
 from fairseq_plugin.pruning import PruningConfig
 from fairseq_plugin.encoder_outputs import cnn_features, layer_outputs
 
@@ -64,6 +65,9 @@ class StudentConfig(FairseqDataclass):
     # Structured pruning while distilling (fairseq_plugin/pruning.py).
     prune: bool = field(default=False, metadata={"help": "learn which heads, FFN units and CNN channels to remove"})
     pruning: PruningConfig = field(default_factory=PruningConfig)
+    # A pruned student (python -m fairseq_plugin.prune writes these): per-layer sizes.
+    layer_heads: List[int] = field(default_factory=list, metadata={"help": "heads per layer; []: encoder_attention_heads"})
+    layer_ffn: List[int] = field(default_factory=list, metadata={"help": "FFN width per layer; []: encoder_ffn_embed_dim"})
 
 
 @register_model("growing_student", dataclass=StudentConfig)
@@ -80,6 +84,9 @@ class GrowingStudent(BaseFairseqModel):
             torch.nn.Linear(self.embed, cfg.encoder_embed_dim) if self.embed != cfg.encoder_embed_dim else None)
         self.dropout_input = torch.nn.Dropout(cfg.dropout_input)
         self.encoder = TransformerEncoder(self.hubert_config())
+        if cfg.layer_heads or cfg.layer_ffn:  # a pruned student
+            pruning.resize_layers(self, pruning.sizes_of(cfg.layer_heads, cfg.encoder_layers, "layer_heads"),
+                                  pruning.sizes_of(cfg.layer_ffn, cfg.encoder_layers, "layer_ffn"))
         if cfg.projection == "linear":
             # One head per distillation target; dropped on export.
             self.heads = torch.nn.ModuleList(

@@ -1,0 +1,81 @@
+"""Materialise a pruning run's student (`model.prune=true`): keep the units its gates keep, with
+the weights actually sliced, and write it as a student checkpoint of those sizes.
+
+    python -m fairseq_plugin.prune exp/distill/dphubert/checkpoints/checkpoint_last.pt exp/distill/dphubert/pruned.pt
+
+prints the parameter count against the run's target, and the overrides that rebuild the pruned
+shape (`model.layer_heads`, `model.layer_ffn`, `model.conv_feature_layers`) for the final
+distillation, which starts from the file with fairseq's `checkpoint.finetune_from_model`. The
+file is a `growing_student` checkpoint like any other: `fairseq_plugin.export` writes it as a
+HuBERT whose layers are zero-padded to one size (the same outputs; see `pruning.uniform_state`).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from fairseq_plugin import pruning
+from fairseq_plugin.atomic_io import atomic_save
+from fairseq_plugin.checkpoints import CheckpointError, read_full_depth_student
+from fairseq_plugin.models.student import GrowingStudent, StudentConfig
+
+
+def gated_student(path: Path) -> tuple[GrowingStudent, dict]:
+    """The pruning run's student, gates and multipliers included, with its trained weights."""
+    state = read_full_depth_student(path)
+    saved = state["cfg"]["model"]
+    if not saved.get("prune"):
+        raise CheckpointError(f"{path}: not a pruning run's checkpoint (model.prune is false); nothing to materialise")
+    cfg = OmegaConf.merge(OmegaConf.structured(StudentConfig),
+                          {k: v for k, v in saved.items() if k in StudentConfig.__dataclass_fields__})
+    weights = state["model"]
+    num_targets = len({k.split(".")[1] for k in weights if k.startswith("heads.")})
+    student = GrowingStudent(cfg, teacher_dim=weights["heads.0.weight"].shape[0], num_targets=num_targets,
+                             start_depth=int(weights["depth"]))
+    pruning.attach(student, cfg.pruning)
+    student.load_state_dict(weights)
+    return student.eval(), state
+
+
+def prune(src: Path, dst: Path) -> str:
+    student, state = gated_student(src)
+    reference = student.pruning_reference
+    target = round((1 - student.cfg.pruning.target_sparsity) * reference)
+    del student.pruning_lagrangian
+    sizes = pruning.materialize(student)
+    cfg = state["cfg"]["model"]
+    for key in ("prune", "init_from_teacher", "conv_feature_layers", "layer_heads", "layer_ffn"):
+        value = student.cfg[key]  # plain containers only: the file must load with weights_only=True
+        cfg[key] = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    state["model"] = student.state_dict()
+    for key in ("last_optimizer_state", "criterion"):  # the gated run's: of no use to a model of new shape
+        state[key] = None
+    atomic_save(lambda tmp: torch.save(state, tmp), dst)
+    count = pruning.unpruned_params(student)
+    def as_list(sizes) -> str:
+        return "[" + ",".join(map(str, sizes)) + "]"
+    overrides = (f"model.layer_heads={as_list(cfg['layer_heads'])} model.layer_ffn={as_list(cfg['layer_ffn'])} "
+                 f"\"model.conv_feature_layers='{cfg['conv_feature_layers']}'\"")
+    return (f"{dst}: {count:,} parameters (target {target:,}, {100 * (count - target) / target:+.1f} %; "
+            f"unpruned {reference:,}); heads per layer {sizes['heads']}, FFN {sizes['ffn']}, CNN channels "
+            f"{sizes['conv']}\nfinal distillation from it: checkpoint.finetune_from_model={dst} model.prune=false "
+            f"model.init_from_teacher=false {overrides}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("src", type=Path, help="the pruning run's checkpoint_last.pt")
+    parser.add_argument("dst", type=Path, help="where the pruned student goes")
+    args = parser.parse_args(argv)
+    try:
+        print(prune(args.src, args.dst))
+    except CheckpointError as exc:
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()
