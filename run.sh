@@ -26,7 +26,7 @@ corpus_dir=db/synth         # where the embedded corpus's audio goes
 corpus_config=conf/corpus/synth.yaml
 teacher_config=hubert_tiny  # conf/teacher/<name>.yaml, for the embedded teacher
 kmeans_clusters=50          # its k-means targets (MFCC, one iteration)
-preset=tiny                 # conf/distill/<preset>.yaml: tiny, paper, deep_narrow, wide_shallow, distilhubert
+preset=tiny                 # conf/distill/<preset>.yaml: tiny, paper, deep_narrow, wide_shallow, distilhubert, dphubert_tiny
 operators=""                # stage 3: growth operators, one run each; empty: the preset's (task.growth.compare)
 distill_args=""             # stage 3: more fairseq-hydra-train overrides, e.g. "optimization.max_update=1000"
 asr_config=conf/asr/tiny_s3prl.yaml  # stage 4: ESPnet ASR config (an S3PRL front end)
@@ -132,6 +132,7 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
   read -r -a device_opts <<< "$(python -m local.distill.batch --preset "${preset}" --ngpu "${ngpu}")"
   read -r -a extra_opts <<< "${distill_args}"  # split on spaces, never globbed; last, so they win
   if [ "${ngpu}" -gt 0 ]; then job_cmd="${cuda_cmd} --gpu ${ngpu}"; else job_cmd=${train_cmd}; fi
+  prunes=$(python -m local.distill.runs --preset "${preset}" --prunes)
   for op in ${operators}; do
     run_dir=${distill_dir}/${op}
     log "Stage 3: distilling ${teacher_dir}/teacher.pt into conf/distill/${preset}.yaml, growth ${op} -> ${run_dir}"
@@ -142,7 +143,21 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
       task.data="${manifests}" task.teacher_checkpoint="${teacher_dir}/teacher.pt" task.growth.operator="${op}" \
       dataset.train_subset="${train_set}" dataset.valid_subset="${valid_set}" "${device_opts[@]}" \
       checkpoint.save_dir="${run_dir}/checkpoints" hydra.run.dir="${run_dir}/hydra" "${extra_opts[@]}"
-    python -m local.distill.finalize "${run_dir}/checkpoints/checkpoint_last.pt" "${run_dir}/student.pt"
+    last=${run_dir}/checkpoints/checkpoint_last.pt
+    if [ "${prunes}" = true ]; then  # DPHuBERT's second phase: the pruned shape, distilled on without gates
+      log "Stage 3: materialising the pruned student -> ${run_dir}/pruned.pt; final distillation -> ${run_dir}/final"
+      python -m fairseq_plugin.prune "${last}" "${run_dir}/pruned.pt" --final-overrides "${run_dir}/final.overrides" \
+        | tee "${run_dir}/pruned.txt"
+      mapfile -t final_opts < "${run_dir}/final.overrides"
+      # shellcheck disable=SC2086
+      ${job_cmd} "${run_dir}/final.log" fairseq-hydra-train --config-dir "${MAIN_ROOT}/conf" --config-name "distill/${preset}" \
+        task.data="${manifests}" task.teacher_checkpoint="${teacher_dir}/teacher.pt" task.growth.operator="${op}" \
+        dataset.train_subset="${train_set}" dataset.valid_subset="${valid_set}" "${device_opts[@]}" \
+        checkpoint.save_dir="${run_dir}/final/checkpoints" hydra.run.dir="${run_dir}/final/hydra" "${final_opts[@]}" \
+        "${extra_opts[@]}"
+      last=${run_dir}/final/checkpoints/checkpoint_last.pt
+    fi
+    python -m local.distill.finalize "${last}" "${run_dir}/student.pt"
   done
   log "Stage 3: comparing the runs -> ${distill_dir}/report.md, ${distill_dir}/loss_vs_wallclock.png"
   # shellcheck disable=SC2086

@@ -12,6 +12,7 @@ HuBERT whose layers are zero-padded to one size (the same outputs; see `pruning.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -41,7 +42,26 @@ def gated_student(path: Path) -> tuple[GrowingStudent, dict]:
     return student.eval(), state
 
 
-def prune(src: Path, dst: Path) -> str:
+def final_overrides(state: dict, dst: Path) -> list[str]:
+    """fairseq-hydra-train overrides for the final distillation of the pruned student: its shape,
+    its weights as the start (`checkpoint.finetune_from_model`), no gates, and the paper's second
+    phase relative to the first: half the updates at half the learning rate (25k at 1e-4 after
+    50k at 2e-4)."""
+    model, run = state["cfg"]["model"], state["cfg"]
+    updates = max(1, int(run["optimization"]["max_update"]) // 2)
+    lines = [f"checkpoint.finetune_from_model={dst.resolve()}", "model.prune=false", "model.init_from_teacher=false",
+             "model.layer_heads=[" + ",".join(map(str, model["layer_heads"])) + "]",
+             "model.layer_ffn=[" + ",".join(map(str, model["layer_ffn"])) + "]",
+             f"model.conv_feature_layers='{model['conv_feature_layers']}'", f"optimization.max_update={updates}"]
+    groups = (run.get("optimizer") or {}).get("groups") or {}
+    if "default" in groups and groups["default"].get("lr_float") is not None:
+        lines.append(f"optimizer.groups.default.lr_float={float(groups['default']['lr_float']) / 2:g}")
+    else:
+        lines.append(f"optimization.lr=[{float(run['optimization']['lr'][0]) / 2:g}]")
+    return lines
+
+
+def prune(src: Path, dst: Path, overrides_file: Path | None = None) -> str:
     student, state = gated_student(src)
     reference = student.pruning_reference
     target = round((1 - student.cfg.pruning.target_sparsity) * reference)
@@ -55,24 +75,23 @@ def prune(src: Path, dst: Path) -> str:
     for key in ("last_optimizer_state", "criterion"):  # the gated run's: of no use to a model of new shape
         state[key] = None
     atomic_save(lambda tmp: torch.save(state, tmp), dst)
+    overrides = final_overrides(state, dst)
+    if overrides_file is not None:
+        overrides_file.write_text("\n".join(overrides) + "\n")
     count = pruning.unpruned_params(student)
-    def as_list(sizes) -> str:
-        return "[" + ",".join(map(str, sizes)) + "]"
-    overrides = (f"model.layer_heads={as_list(cfg['layer_heads'])} model.layer_ffn={as_list(cfg['layer_ffn'])} "
-                 f"\"model.conv_feature_layers='{cfg['conv_feature_layers']}'\"")
     return (f"{dst}: {count:,} parameters (target {target:,}, {100 * (count - target) / target:+.1f} %; "
             f"unpruned {reference:,}); heads per layer {sizes['heads']}, FFN {sizes['ffn']}, CNN channels "
-            f"{sizes['conv']}\nfinal distillation from it: checkpoint.finetune_from_model={dst} model.prune=false "
-            f"model.init_from_teacher=false {overrides}")
+            f"{sizes['conv']}\nfinal distillation from it: " + " ".join(shlex.quote(o) for o in overrides))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", type=Path, help="the pruning run's checkpoint_last.pt")
     parser.add_argument("dst", type=Path, help="where the pruned student goes")
+    parser.add_argument("--final-overrides", type=Path, help="write the final distillation's overrides here, one per line")
     args = parser.parse_args(argv)
     try:
-        print(prune(args.src, args.dst))
+        print(prune(args.src, args.dst, args.final_overrides))
     except CheckpointError as exc:
         sys.exit(f"error: {exc}")
 

@@ -168,12 +168,15 @@ def test_a_pruning_run_trains_its_gates_and_resumes_exactly(tiny_corpus, tiny_te
 
     # Materialise, distil the pruned shape on from it (fairseq's finetune_from_model), export it.
     proc = run([sys.executable, "-m", "fairseq_plugin.prune", str(tmp_path / "straight/checkpoints/checkpoint_last.pt"),
-                str(tmp_path / "pruned.pt")])
+                str(tmp_path / "pruned.pt"), "--final-overrides", str(tmp_path / "final.overrides")])
     assert "parameters (target" in proc.stdout
-    final = shlex.split(proc.stdout.split("final distillation from it: ")[1])  # as a shell reads the line
-    run(prune_cmd(tiny_corpus, tiny_teacher, tmp_path / "final", "optimization.max_update=2", *final))
+    final = (tmp_path / "final.overrides").read_text().splitlines()  # as run.sh's mapfile reads them
+    assert shlex.split(proc.stdout.split("final distillation from it: ")[1]) == final  # the printed line, for a shell
+    assert "optimization.max_update=3" in final  # half the first phase's 6
+    run(prune_cmd(tiny_corpus, tiny_teacher, tmp_path / "final", *final))
     pruned = load(tmp_path / "pruned.pt")
     tuned = load(tmp_path / "final/checkpoints/checkpoint_last.pt")
+    assert tuned["optimizer_history"][-1]["num_updates"] == 3
     assert tuned["cfg"]["model"]["layer_ffn"] == pruned["cfg"]["model"]["layer_ffn"]
     assert tuned["model"].keys() == pruned["model"].keys()
     assert not any("log_alpha" in k for k in tuned["model"])

@@ -3,6 +3,7 @@
     python -m local.distill.runs --preset tiny                             # interleaved stack_top midas none
     python -m local.distill.runs --preset distilhubert                     # none
     python -m local.distill.runs --preset tiny --operators "interleaved none"
+    python -m local.distill.runs --preset dphubert_tiny --prunes          # true: stage 3 prunes, then distils on
 
 With no --operators, the preset's own: `task.growth.compare`, else `task.growth.operator`. A
 student no deeper than growth's start depth cannot grow, and growth asked of it is refused.
@@ -32,8 +33,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", required=True, help="a name in conf/distill")
     parser.add_argument("--operators", default="", help="growth operators, space-separated; empty: the preset's")
+    parser.add_argument("--prunes", action="store_true", help="print true if the preset prunes (model.prune), else false")
     args = parser.parse_args(argv)
     try:
+        if args.prunes:
+            print("true" if preset.load(args.preset)["model"].get("prune") else "false")
+            return
         print(" ".join(runs(args.preset, args.operators.split())))
     except preset.PresetError as exc:
         sys.exit(f"local.distill.runs: {exc}")
