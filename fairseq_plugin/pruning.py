@@ -116,6 +116,10 @@ def attach_gates(student, cfg: PruningConfig) -> torch.nn.ModuleDict:
     if cfg.prune_conv and not any(p.requires_grad for p in student.feature_extractor.parameters()):
         raise ValueError("pruning.prune_conv=true needs a trainable CNN; with task.speed.share_teacher_cnn the "
                          "student's CNN is the teacher's frozen one: set pruning.prune_conv=false")
+    if cfg.prune_conv and student.cfg.extractor_mode != "default":
+        raise ValueError(f"pruning.prune_conv=true needs the CNN's per-channel norm (extractor_mode=default); with "
+                         f"extractor_mode={student.cfg.extractor_mode} every conv layer normalises over all its "
+                         "channels, which a removed channel would change: set pruning.prune_conv=false")
     gates = torch.nn.ModuleDict()
     for i, layer in enumerate(layers):
         attn = layer.self_attn

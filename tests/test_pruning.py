@@ -129,7 +129,7 @@ def test_bad_settings_are_refused(overrides, message):
         pruning.attach_gates(student(), PruningConfig(**overrides))
 
 
-def test_a_growing_or_frozen_cnn_student_is_refused():
+def test_a_growing_student_or_a_cnn_it_cannot_prune_exactly_is_refused():
     model = student()
     model.depth.fill_(1)
     with pytest.raises(ValueError, match="full depth from the start"):
@@ -139,6 +139,9 @@ def test_a_growing_or_frozen_cnn_student_is_refused():
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="prune_conv=false"):
         pruning.attach_gates(model, PruningConfig())
+    with pytest.raises(ValueError, match="extractor_mode=layer_norm every conv layer normalises"):
+        pruning.attach_gates(student(extractor_mode="layer_norm"), PruningConfig())
+    pruning.attach_gates(student(extractor_mode="layer_norm"), PruningConfig(prune_conv=False))
 
 
 def prune_cmd(tiny_corpus, teacher, out, *overrides):
