@@ -116,7 +116,7 @@ def test_lagrangian_drives_a_toy_run_to_the_target_sparsity():
     assert abs(float(sparsity.detach()) - 0.5) < 0.02
     # Sparsity sat below its target, so ascent made lambda1 negative: lambda1 (s - t) then pushes s up,
     # against the pull to keep everything.
-    assert float(lagrangian.lambda1) < 0
+    assert float(lagrangian.lambda1.detach()) < 0
 
 
 @pytest.mark.parametrize("overrides,message", [
