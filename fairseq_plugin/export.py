@@ -61,7 +61,12 @@ def load_student(path: str | Path, random_init: bool = False) -> GrowingStudent:
     With `random_init`, the same architecture with fresh weights (seed 0): the baseline that
     shows what distillation added.
     """
-    state = read_full_depth_student(path)
+    return student_from_state(read_full_depth_student(path), random_init)
+
+
+def student_from_state(state: dict, random_init: bool = False) -> GrowingStudent:
+    """`load_student` for a checkpoint already read. A pruning run's student comes with its gates and
+    multipliers (they are in its weights): `fairseq_plugin.prune` materialises it."""
     weights = state["model"]
     cfg = OmegaConf.merge(OmegaConf.structured(StudentConfig), {k: v for k, v in state["cfg"]["model"].items()
                                                               if k in StudentConfig.__dataclass_fields__})
@@ -70,6 +75,8 @@ def load_student(path: str | Path, random_init: bool = False) -> GrowingStudent:
     torch.manual_seed(0)
     student = GrowingStudent(cfg, teacher_dim=teacher_dim, num_targets=max(1, len(heads)),
                              start_depth=int(weights["depth"]))
+    if cfg.prune:
+        pruning.attach(student, cfg.pruning)
     if not random_init:
         student.load_state_dict(weights)
     return student.eval()
@@ -116,6 +123,9 @@ def hubert_checkpoint(hcfg: HubertConfig, normalize: bool = False, weights: dict
 
 def to_fairseq_hubert(student: GrowingStudent, normalize: bool = False) -> tuple[HubertModel, dict, list[Dictionary]]:
     """A fairseq HubertModel holding the student's encoder, the checkpoint dict to save it, its dictionaries."""
+    if hasattr(student, "pruning_gates"):
+        raise CheckpointError("a pruning run's student still has its gates; materialise it first: "
+                              "python -m fairseq_plugin.prune <run>/checkpoints/checkpoint_last.pt <run>/pruned.pt")
     # A pruned student's layers are written zero-padded to one size (the same function): what HuBERT holds.
     weights = pruning.uniform_state(student) if student.cfg.layer_heads or student.cfg.layer_ffn else student.state_dict()
     encoder_weights = {k: v for k, v in weights.items() if not k.startswith("heads.") and k != "depth"}

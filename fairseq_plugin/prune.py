@@ -22,24 +22,16 @@ from omegaconf import OmegaConf
 from fairseq_plugin import pruning
 from fairseq_plugin.atomic_io import atomic_save
 from fairseq_plugin.checkpoints import CheckpointError, read_full_depth_student
-from fairseq_plugin.models.student import GrowingStudent, StudentConfig
+from fairseq_plugin.export import student_from_state
+from fairseq_plugin.models.student import GrowingStudent
 
 
 def gated_student(path: Path) -> tuple[GrowingStudent, dict]:
     """The pruning run's student, gates and multipliers included, with its trained weights."""
     state = read_full_depth_student(path)
-    saved = state["cfg"]["model"]
-    if not saved.get("prune"):
+    if not state["cfg"]["model"].get("prune"):
         raise CheckpointError(f"{path}: not a pruning run's checkpoint (model.prune is false); nothing to materialise")
-    cfg = OmegaConf.merge(OmegaConf.structured(StudentConfig),
-                          {k: v for k, v in saved.items() if k in StudentConfig.__dataclass_fields__})
-    weights = state["model"]
-    num_targets = len({k.split(".")[1] for k in weights if k.startswith("heads.")})
-    student = GrowingStudent(cfg, teacher_dim=weights["heads.0.weight"].shape[0], num_targets=num_targets,
-                             start_depth=int(weights["depth"]))
-    pruning.attach(student, cfg.pruning)
-    student.load_state_dict(weights)
-    return student.eval(), state
+    return student_from_state(state), state
 
 
 def final_overrides(state: dict, dst: Path) -> list[str]:

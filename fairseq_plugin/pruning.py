@@ -165,7 +165,7 @@ def expected_params(student) -> torch.Tensor:
     hard gates it is the materialised model's exact count."""
     gates = student.pruning_gates
     total = torch.zeros((), device=next(iter(gates.values())).log_alpha.device)
-    fixed = _live_params(student) - sum(_live_params(h) for h in student.heads)
+    fixed = unpruned_params(student)
     dim = student.cfg.encoder_embed_dim
     for i, layer in enumerate(student.encoder.layers):
         attn = layer.self_attn
@@ -372,8 +372,8 @@ def uniform_state(student) -> dict[str, torch.Tensor]:
     each adds exactly 0 and the padded model computes what the pruned one computes. What fairseq's
     HuBERT, torchaudio, S3PRL and Hugging Face can load (they hold one size for all layers)."""
     cfg = student.cfg
-    dim, heads = cfg.encoder_embed_dim, cfg.encoder_attention_heads
-    inner_full, ffn_full = dim, cfg.encoder_ffn_embed_dim
+    dim, ffn_full = cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim
+    inner_full = dim  # fairseq's attention: heads x head size = the model width
     state = {k: v.clone() for k, v in student.state_dict().items()}
 
     def pad(key: str, shape: tuple[int, ...]) -> None:
@@ -391,7 +391,6 @@ def uniform_state(student) -> dict[str, torch.Tensor]:
         pad(f"{prefix}fc1.weight", (ffn_full, dim))
         pad(f"{prefix}fc1.bias", (ffn_full,))
         pad(f"{prefix}fc2.weight", (dim, ffn_full))
-    assert heads * (dim // heads) == inner_full
     return state
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fairseq_plugin import pruning
+from fairseq_plugin.checkpoints import CheckpointError
 from fairseq_plugin.encoder_outputs import layer_outputs
 from fairseq_plugin.export import to_fairseq_hubert
 from fairseq_plugin.models.student import GrowingStudent, StudentConfig
@@ -211,3 +212,10 @@ def test_the_pruned_student_exports_as_a_padded_hubert_with_the_same_outputs():
     theirs, _ = layer_outputs(hubert, source, None, 3)
     for a, b in zip(layer_outputs_of(rebuilt, source), theirs):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_a_gated_student_is_not_exported_before_it_is_materialised():
+    model = student()
+    pruning.attach_gates(model, PruningConfig())
+    with pytest.raises(CheckpointError, match="materialise it first: python -m fairseq_plugin.prune"):
+        to_fairseq_hubert(model.eval())

@@ -131,11 +131,16 @@ class GrowingStudent(BaseFairseqModel):
             model.copy_cnn_from(task.teacher)
         return model
 
+    @staticmethod
+    def _teacher_tensors(teacher: torch.nn.Module, mine: dict) -> tuple[dict, list[str]]:
+        """The teacher's tensors under the student's names, and the names it lacks or holds in another shape."""
+        theirs = teacher.fairseq_state(mine) if hasattr(teacher, "fairseq_state") else teacher.state_dict()
+        return theirs, [k for k, v in mine.items() if k not in theirs or theirs[k].shape != v.shape]
+
     def copy_all_from(self, teacher: torch.nn.Module, name: str) -> None:
         """Every weight but the distillation heads from the teacher; refused unless every shape matches."""
         mine = {k: v for k, v in self.state_dict().items() if not k.startswith("heads.") and k != "depth"}
-        theirs = teacher.fairseq_state(mine) if hasattr(teacher, "fairseq_state") else teacher.state_dict()
-        wrong = [k for k, v in mine.items() if k not in theirs or theirs[k].shape != v.shape]
+        theirs, wrong = self._teacher_tensors(teacher, mine)
         if wrong:
             raise ValueError(f"model.init_from_teacher=true: the teacher {name} does not have the student's shape "
                              f"({len(wrong)} of {len(mine)} tensors differ, e.g. {wrong[0]}); give the student the "
@@ -146,8 +151,8 @@ class GrowingStudent(BaseFairseqModel):
         """Initialise the CNN (and its layer norm) from the teacher's when every shape matches."""
         mine = {**{f"feature_extractor.{k}": v for k, v in self.feature_extractor.state_dict().items()},
                 **{f"layer_norm.{k}": v for k, v in self.layer_norm.state_dict().items()}}
-        theirs = teacher.fairseq_state(mine) if hasattr(teacher, "fairseq_state") else teacher.state_dict()
-        if any(k not in theirs or theirs[k].shape != v.shape for k, v in mine.items()):
+        theirs, wrong = self._teacher_tensors(teacher, mine)
+        if wrong:
             return False
         self.feature_extractor.load_state_dict({k[len("feature_extractor."):]: theirs[k] for k in mine
                                                 if k.startswith("feature_extractor.")})
