@@ -133,28 +133,30 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
   read -r -a extra_opts <<< "${distill_args}"  # split on spaces, never globbed; last, so they win
   if [ "${ngpu}" -gt 0 ]; then job_cmd="${cuda_cmd} --gpu ${ngpu}"; else job_cmd=${train_cmd}; fi
   prunes=$(python -m local.distill.runs --preset "${preset}" --prunes)
+  # distill <log> <dir> [overrides...]: one fairseq-hydra-train run of the preset with growth ${op} into
+  # <dir>/checkpoints, through job_cmd (cmd.sh: utils/run.pl here or utils/slurm.pl, the output in <log>);
+  # the user's --distill-args come last, so they win.
+  distill() {
+    local log_file=$1 dir=$2
+    shift 2
+    # shellcheck disable=SC2086
+    ${job_cmd} "${log_file}" fairseq-hydra-train --config-dir "${MAIN_ROOT}/conf" --config-name "distill/${preset}" \
+      task.data="${manifests}" task.teacher_checkpoint="${teacher_dir}/teacher.pt" task.growth.operator="${op}" \
+      dataset.train_subset="${train_set}" dataset.valid_subset="${valid_set}" "${device_opts[@]}" \
+      checkpoint.save_dir="${dir}/checkpoints" hydra.run.dir="${dir}/hydra" "$@" "${extra_opts[@]}"
+  }
   for op in ${operators}; do
     run_dir=${distill_dir}/${op}
     log "Stage 3: distilling ${teacher_dir}/teacher.pt into conf/distill/${preset}.yaml, growth ${op} -> ${run_dir}"
     mkdir -p "${run_dir}"
-    # job_cmd (cmd.sh): utils/run.pl here or utils/slurm.pl, the output in train.log
-    # shellcheck disable=SC2086
-    ${job_cmd} "${run_dir}/train.log" fairseq-hydra-train --config-dir "${MAIN_ROOT}/conf" --config-name "distill/${preset}" \
-      task.data="${manifests}" task.teacher_checkpoint="${teacher_dir}/teacher.pt" task.growth.operator="${op}" \
-      dataset.train_subset="${train_set}" dataset.valid_subset="${valid_set}" "${device_opts[@]}" \
-      checkpoint.save_dir="${run_dir}/checkpoints" hydra.run.dir="${run_dir}/hydra" "${extra_opts[@]}"
+    distill "${run_dir}/train.log" "${run_dir}"
     last=${run_dir}/checkpoints/checkpoint_last.pt
     if [ "${prunes}" = true ]; then  # DPHuBERT's second phase: the pruned shape, distilled on without gates
       log "Stage 3: materialising the pruned student -> ${run_dir}/pruned.pt; final distillation -> ${run_dir}/final"
       python -m fairseq_plugin.prune "${last}" "${run_dir}/pruned.pt" --final-overrides "${run_dir}/final.overrides" \
         | tee "${run_dir}/pruned.txt"
       mapfile -t final_opts < "${run_dir}/final.overrides"
-      # shellcheck disable=SC2086
-      ${job_cmd} "${run_dir}/final.log" fairseq-hydra-train --config-dir "${MAIN_ROOT}/conf" --config-name "distill/${preset}" \
-        task.data="${manifests}" task.teacher_checkpoint="${teacher_dir}/teacher.pt" task.growth.operator="${op}" \
-        dataset.train_subset="${train_set}" dataset.valid_subset="${valid_set}" "${device_opts[@]}" \
-        checkpoint.save_dir="${run_dir}/final/checkpoints" hydra.run.dir="${run_dir}/final/hydra" "${final_opts[@]}" \
-        "${extra_opts[@]}"
+      distill "${run_dir}/final.log" "${run_dir}/final" "${final_opts[@]}"
       last=${run_dir}/final/checkpoints/checkpoint_last.pt
     fi
     python -m local.distill.finalize "${last}" "${run_dir}/student.pt"
