@@ -22,9 +22,10 @@ Measured in one run, on the device it runs on, with random weights (cost does no
    what lets growth pay.
 
 Prints a table and writes a JSON report. `--profile` adds torch.profiler's top operators for the
-eager baseline and for the plugin with every lever on; `--modules` times each conv, norm,
-projection and attention of the teacher in fp32 and under bf16 autocast; `--compile` adds a step with
-`task.speed.compile_layers` (torch.compile of every Transformer layer).
+eager baseline, the teacher's forward and the plugin with every lever on; `--modules` times each
+conv, norm, projection and attention of the teacher in fp32 and under bf16 autocast; `--compile`
+adds steps and teacher forwards with `task.speed.compile_layers` and `task.speed.compile_cnn`
+(torch.compile of every Transformer layer, of the CNN front end).
 """
 from __future__ import annotations
 
@@ -107,8 +108,20 @@ VARIANTS = {
 TORCH_ADAMW = {"plugin_torch_adamw", "plugin_student_only_torch_adamw", "student_alone_torch_adamw"}
 
 
-COMPILED = ("plugin_compiled", dataclasses.replace(LEVERS_ON, compile_layers=True),
-            "plugin, levers on + torch.compile of every Transformer layer")  # with --compile
+# With --compile: steps and teacher forwards with torch.compile (name -> switches, description).
+COMPILED = {
+    "plugin_compiled": (dataclasses.replace(LEVERS_ON, compile_layers=True),
+                        "plugin, levers on + torch.compile of every Transformer layer"),
+    "plugin_compiled_cnn_and_layers": (dataclasses.replace(LEVERS_ON, compile_layers=True, compile_cnn=True),
+                                       "plugin, levers on + torch.compile of the CNN and every Transformer layer"),
+}
+TEACHER_FORWARD = {"fp32": (LEVERS_OFF, "fp32"), "levers_on": (LEVERS_ON, "bf16 autocast, fp32 pos conv")}
+TEACHER_FORWARD_COMPILED = {
+    "levers_on_compiled_cnn": (dataclasses.replace(LEVERS_ON, compile_cnn=True),
+                               "bf16 autocast, fp32 pos conv, compiled CNN"),
+    "levers_on_compiled": (dataclasses.replace(LEVERS_ON, compile_cnn=True, compile_layers=True),
+                           "bf16 autocast, fp32 pos conv, compiled CNN and layers"),
+}
 # Stacking is timed with the fixed-cost levers off, on, and on with the teacher's targets from disk.
 STACKING = {"levers_off": LEVERS_OFF, "levers_on": LEVERS_ON, "levers_on_cached": VARIANTS["plugin_all_cached"][0],
             "student_alone": VARIANTS["plugin_student_only"][0],
@@ -333,12 +346,14 @@ def run(size: Size, device: torch.device, steps: int, warmup: int, depths: list[
                                                      teacher.teacher_depth, device, steps)
         # The teacher's forward alone (what filling the teacher cache costs per batch), fp32 and with the levers.
         report["teacher_forward"] = {}
-        for name, levers in (("fp32", LEVERS_OFF), ("levers_on", LEVERS_ON)):
+        for name, (levers, _) in {**TEACHER_FORWARD, **(TEACHER_FORWARD_COMPILED if with_compile else {})}.items():
             forward_task = build(size, data, levers, device)[0]
             forward = lambda t=forward_task: t.teacher_outputs(  # noqa: E731
                 {"id": batch["id"], "net_input": dict(batch["net_input"])})
             report["teacher_forward"][name] = measure(forward, size, device, steps, warmup)
-        variants = {**VARIANTS, **({COMPILED[0]: COMPILED[1:]} if with_compile else {})}
+            if profile_ops and name == "levers_on":
+                report["profile"]["teacher_forward"] = top_operators(forward, device)
+        variants = {**VARIANTS, **(COMPILED if with_compile else {})}
         for name, (levers, _) in variants.items():
             step = step_function(*build(size, data, levers, device, name in TORCH_ADAMW), batch, device)
             report["step"][name] = measure(step, size, device, steps, warmup)
@@ -371,8 +386,8 @@ def table(report: dict, depths: list[int]) -> str:
     lines = [f"device: {report['device']}; {report['size']}; torch {report['torch']}", "",
              f"| step | ms/step | audio-h per h | h per {EPOCH_HOURS} h epoch | TFLOP/s | peak GPU GiB | x baseline |",
              "|---|---|---|---|---|---|---|"]
-    names = {"baseline": "eager PyTorch, fp32 (baseline)", **{k: v[1] for k, v in VARIANTS.items()},
-             COMPILED[0]: COMPILED[2]}
+    names = {"baseline": "eager PyTorch, fp32 (baseline)", **{k: v[1] for k, v in {**VARIANTS, **COMPILED}.items()},
+             "teacher_forward": "the teacher's forward alone, bf16 autocast, fp32 pos conv"}
     for key, row in report["step"].items():
         mem = f"{row['peak_gpu_mem_gib']:.2f}" if row["peak_gpu_mem_gib"] is not None else "-"
         lines.append(f"| {names[key]} | {row['ms_per_step']:.1f} | {row['audio_hours_per_hour']:.0f} | "
@@ -381,7 +396,7 @@ def table(report: dict, depths: list[int]) -> str:
               "|---|---|---|---|---|"]
     for key, row in report.get("teacher_forward", {}).items():
         mem = f"{row['peak_gpu_mem_gib']:.2f}" if row["peak_gpu_mem_gib"] is not None else "-"
-        label = {"fp32": "fp32", "levers_on": "bf16 autocast, fp32 pos conv"}[key]
+        label = {**TEACHER_FORWARD, **TEACHER_FORWARD_COMPILED}[key][1]
         lines.append(f"| {label} | {row['ms_per_step']:.1f} | {row['audio_hours_per_hour']:.0f} | {row['tflops']:.3f} | {mem} |")
     lines += ["", "| EQL stacking " + " -> ".join(map(str, depths)) + " | "
               + " | ".join(f"ms at depth {d}" for d in depths) + " | speed-up vs full depth |",
