@@ -18,9 +18,6 @@
   place (`nn.Module.compile`: parameter names and checkpoints unchanged; growth copies weights
   into pre-built layers, so nothing recompiles for it). Off by default: on a 2-core CPU it made
   the step slower (`python -m fairseq_plugin.bench --compile` measures it where you run).
-- `compile_cnn`: `torch.compile` the CNN front end of the teacher and the student. On a GPU its
-  first layer (one input channel, then a norm and a GELU over every sample) is memory-bound in
-  eager mode, where compiled code fuses the norm and the activation. Off by default, as above.
 - `teacher_cache`: a directory where the teacher's targets are kept on disk (memory-mapped
   fp16), so the teacher runs once per utterance, not once per epoch and per student. Off by
   default: crops become fixed per utterance and targets fp16 (`fairseq_plugin/teacher_cache.py`).
@@ -55,8 +52,6 @@ class SpeedConfig(FairseqDataclass):
         default=False, metadata={"help": "student uses the teacher's (frozen) CNN; the CNN runs once per batch"})
     compile_layers: bool = field(
         default=False, metadata={"help": "torch.compile each Transformer layer of teacher and student"})
-    compile_cnn: bool = field(
-        default=False, metadata={"help": "torch.compile the CNN front end of teacher and student"})
     teacher_cache: str = field(
         default="", metadata={"help": "directory for the teacher's targets on disk (fp16, fixed crops); "
                                       "empty: run the teacher every step"})
@@ -103,11 +98,6 @@ def compile_layers(model: torch.nn.Module) -> None:
     """`torch.compile` each of `model.encoder.layers` in place; its state dict keeps its names."""
     for layer in model.encoder.layers:
         layer.compile()
-
-
-def compile_cnn(model: torch.nn.Module) -> None:
-    """`torch.compile` `model.feature_extractor` in place; its state dict keeps its names."""
-    model.feature_extractor.compile()
 
 
 def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple:

@@ -173,8 +173,6 @@ class DistillationTask(AudioPretrainingTask):
         speed.contiguous_layer_inputs(self.teacher)
         if cfg.speed.compile_layers:
             speed.compile_layers(self.teacher)
-        if cfg.speed.compile_cnn:
-            speed.compile_cnn(self.teacher)
         self.teacher_model_cfg = teacher_cfg.model
         return describe(self.teacher, teacher_cfg), bool(teacher_cfg.task.get("normalize", False))
 
@@ -225,8 +223,6 @@ class DistillationTask(AudioPretrainingTask):
         speed.contiguous_layer_inputs(model)
         if self.cfg.speed.compile_layers:
             speed.compile_layers(model)
-        if self.cfg.speed.compile_cnn:
-            speed.compile_cnn(model)
         return model
 
     def _student_cnn_like_teachers(self, cfg) -> None:
