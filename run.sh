@@ -25,6 +25,7 @@ datadir=data
 corpus_dir=db/synth         # where the embedded corpus's audio goes
 corpus_config=conf/corpus/synth.yaml
 teacher_config=hubert_tiny  # conf/teacher/<name>.yaml, for the embedded teacher
+teacher_args=""             # stage 2: more fairseq-hydra-train overrides for the embedded teacher, e.g. "model.encoder_layers=12"
 kmeans_clusters=50          # its k-means targets (MFCC, one iteration)
 preset=tiny                 # conf/distill/<preset>.yaml: tiny, paper, deep_narrow, wide_shallow, distilhubert, dphubert_tiny
 operators=""                # stage 3: growth operators, one run each; empty: the preset's (task.growth.compare)
@@ -112,10 +113,11 @@ if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
       --train-split "${train_set}" --splits "${train_set} ${valid_set}" \
       --n-clusters "${kmeans_clusters}" --nj "${nj}" --out-dir "${teacher_dir}/labels"
     log "Stage 2b: training the teacher with fairseq-hydra-train (conf/teacher/${teacher_config}.yaml)"
+    read -r -a teacher_opts <<< "${teacher_args}"  # split on spaces, never globbed; last, so they win
     fairseq-hydra-train --config-dir "${MAIN_ROOT}/conf/teacher" --config-name "${teacher_config}" \
       task.data="${manifests}" task.label_dir="${teacher_dir}/labels" \
       dataset.train_subset="${train_set}" dataset.valid_subset="${valid_set}" \
-      checkpoint.save_dir="${teacher_dir}/checkpoints" hydra.run.dir="${teacher_dir}/hydra"
+      checkpoint.save_dir="${teacher_dir}/checkpoints" hydra.run.dir="${teacher_dir}/hydra" "${teacher_opts[@]}"
     python -m local.teacher.install --copy "${teacher_dir}/checkpoints/checkpoint_last.pt" "${teacher_dir}/teacher.pt"
     log "Stage 2c: masked-prediction accuracy on ${valid_set}, teacher vs random init"
     ${train_cmd} "${teacher_dir}/log/evaluate.log" python -m local.teacher.evaluate \

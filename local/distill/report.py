@@ -26,6 +26,7 @@ class Run:
     name: str
     train: list[dict[str, float]] = field(default_factory=list)  # one per train_inner log line
     valid: dict[str, float] = field(default_factory=dict)  # the last validation
+    valids: list[dict[str, float]] = field(default_factory=list)  # every validation, with the wall clock at it
     growths: list[tuple[int, int, int, float, float]] = field(default_factory=list)
 
     @property
@@ -45,6 +46,8 @@ def parse_log(name: str, path: Path) -> Run:
             run.train.append({k: float(v) for k, v in _KV.findall(line)})
         elif "valid on" in line:
             run.valid = {k: float(v) for k, v in _VALID_KV.findall(line)}
+            # validation logs no wall clock: the last progress line's (log_interval updates before, at most)
+            run.valids.append({**run.valid, "wall": run.train[-1]["wall"] if run.train else 0.0})
         elif (m := _GROWTH.search(line)) is not None:
             u, a, b, before, after = m.groups()
             run.growths.append((int(u), int(a), int(b), float(before), float(after)))

@@ -1,0 +1,43 @@
+"""The reproduction mode (local/repro.sh) end to end on the tiny corpus, on a tiny budget: a
+teacher, its layer probe, five student runs at two seeds, and the report with its statistics."""
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, TEST_STUDENT, run
+
+TINY_TEACHER = ("model.encoder_embed_dim=64 model.encoder_ffn_embed_dim=128 model.encoder_attention_heads=2 "
+                "model.final_dim=32 model.conv_feature_layers='[(32,10,5)]+[(32,3,2)]*4+[(32,2,2)]*2' "
+                "dataset.max_tokens=64000")
+
+
+@pytest.mark.slow
+def test_repro_mode_reports_every_run_over_seeds(tiny_corpus, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_corpus / "data", data, symlinks=True)
+    probe_cfg = yaml.safe_load((REPO / "conf/superb/mini.yaml").read_text())
+    for task in probe_cfg["tasks"].values():
+        task["steps"] = 3
+    (tmp_path / "probe.yaml").write_text(yaml.safe_dump(probe_cfg))
+    # the CNN is the teacher's (the preset shares it); the rest as every test student
+    student = " ".join(o for o in TEST_STUDENT if not o.startswith(("common.log_interval", "lr_scheduler", "model.conv")))
+    proc = run(["bash", "local/repro.sh", "--expdir", str(tmp_path / "repro"), "--datadir", str(data),
+                "--seeds", "1 2", "--updates", "6", "--teacher-updates", "4", "--teacher-layers", "3",
+                "--kmeans-clusters", "8", "--teacher-args", TINY_TEACHER, "--superb-config", str(tmp_path / "probe.yaml"),
+                "--distill-args", f"{student} model.encoder_layers=6 common.log_interval=1"])
+    exp = tmp_path / "repro"
+    probe = (exp / "probe" / "layers.md").read_text()
+    assert len(re.findall(r"^\| \d+ \|", probe, flags=re.M)) == 4  # the CNN's output and 3 layers
+    report = (exp / "report.md").read_text()
+    for name in ("interleaved EQL", "interleaved PROP", "stack_top EQL", "midas EQL", "none"):
+        assert re.search(rf"^\| {name} \| \d+ ± \d+ \|", report, flags=re.M), name  # wall: mean ± std of 2 seeds
+    assert re.search(r"^\| none \| [\d ±]+ \| 1\.00 ± 0\.00 \|", report, flags=re.M)  # its own reference
+    assert "seeds lower" in report and re.search(r"\*\*(holds|does not hold)\*\*", report)
+    assert (exp / "dev_loss_vs_wallclock.png").stat().st_size > 0
+    # PROP's schedule reached the interleaved run of its own group
+    assert "prop" in (exp / "prop_seed1" / "distill" / "interleaved" / "train.log").read_text()
+    assert "Stage 5" in proc.stdout
