@@ -13,7 +13,8 @@
 #   3 what each of its layers encodes: phone error rate and speaker accuracy per layer
 #     (local/superb/layer_probe.py)
 #   4 students of the `tiny` preset at each seed: interleaved, stack_top, midas and none with the
-#     EQL schedule (run.sh stage 3), and interleaved with PROP
+#     EQL schedule (run.sh stage 3), and interleaved with PROP; the teacher's targets are cached
+#     on disk, once per seed, for all five
 #   5 the report: <expdir>/report.md (mean +- std over seeds, paired differences, time to quality)
 set -euo pipefail
 
@@ -45,6 +46,9 @@ teacher=${teacher_exp}/teacher/teacher.pt
 valid_every=$(( updates / 10 > 0 ? updates / 10 : 1 ))
 student_args="optimization.max_update=${updates} lr_scheduler.warmup_updates=$(( updates * 7 / 100 + 1 ))"
 student_args+=" dataset.validate_interval_updates=${valid_every} checkpoint.save_interval_updates=${valid_every}"
+# The teacher runs once per utterance for all the runs of a seed (crops fixed per utterance and seed):
+# a student step is then the student alone (fairseq_plugin/teacher_cache.py).
+student_args+=" task.speed.teacher_cache=$(realpath -m "${expdir}")/teacher_cache"
 
 if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
   if [ -f "${datadir}/.prepared.json" ]; then

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import yaml
@@ -29,8 +30,10 @@ METRICS = {"pr": ("pr", "PER %", "lower"), "sid": ("sid", "SID accuracy %", "hig
 
 def probe(ckpt: Path, cfg: dict, data: Path, task_names: list[str], seed: int = 0) -> dict[str, list[float]]:
     """task -> its metric for each hidden state of the upstream (CNN output first)."""
+    start = time.perf_counter()
     feats = {split: features.extract(ckpt, data / split, cfg["feature_batch"]) for split in ("train", "test")}
     num_states = next(iter(feats["train"].values())).shape[0]
+    print(f"layer probe: features of {num_states} hidden states in {time.perf_counter() - start:.0f} s", flush=True)
     out = {}
     for name in task_names:
         task, metric = cfg["tasks"][name], METRICS[name][0]
@@ -38,9 +41,11 @@ def probe(ckpt: Path, cfg: dict, data: Path, task_names: list[str], seed: int = 
         out[name] = []
         for layer in range(num_states):
             one_layer = {s: {u: f[layer:layer + 1] for u, f in by_utt.items()} for s, by_utt in feats.items()}
+            start = time.perf_counter()
             scores, _, _ = run_task(name, task, split, one_layer, seed)
             out[name].append(scores[metric])
-            print(f"layer probe: {name} layer {layer}: {metric} {scores[metric]:.1f}", flush=True)
+            print(f"layer probe: {name} layer {layer}: {scores[metric]:.1f} ({time.perf_counter() - start:.0f} s)",
+                  flush=True)
     return out
 
 
