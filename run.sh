@@ -149,8 +149,25 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
   }
   for op in ${operators}; do
     run_dir=${distill_dir}/${op}
+    # What the run directory holds: the teacher, the data, the preset and every override. A finished
+    # run of the same key is kept as it is (its log and student); a directory of other settings is
+    # refused, since fairseq would resume from its checkpoint_last.pt.
+    key=$(python -m local.stamp --file teacher="${teacher_dir}/teacher.pt" --file data="${manifests}" \
+      --file preset="conf/distill/${preset}.yaml" --value operator="${op}" \
+      --value overrides="${device_opts[*]} ${distill_args}")
+    if [ -f "${run_dir}/student.pt" ] && [ "$(cat "${run_dir}/.stamp.json" 2>/dev/null)" = "${key}" ]; then
+      log "Stage 3: ${run_dir} is up to date with its inputs (${run_dir}/.stamp.json); kept"
+      continue
+    fi
+    if [ -f "${run_dir}/.inputs.json" ] && [ "$(cat "${run_dir}/.inputs.json")" != "${key}" ]; then
+      log "error: ${run_dir} holds a run of other settings (the teacher, data, preset or overrides differ from" \
+        "${run_dir}/.inputs.json), which fairseq would resume from; remove ${run_dir}, or use another --expdir"
+      exit 1
+    fi
     log "Stage 3: distilling ${teacher_dir}/teacher.pt into conf/distill/${preset}.yaml, growth ${op} -> ${run_dir}"
     mkdir -p "${run_dir}"
+    rm -f "${run_dir}/.stamp.json"  # written again once student.pt is in place
+    echo "${key}" > "${run_dir}/.inputs.json"
     distill "${run_dir}/train.log" "${run_dir}"
     last=${run_dir}/checkpoints/checkpoint_last.pt
     if [ "${prunes}" = true ]; then  # DPHuBERT's second phase: the pruned shape, distilled on without gates
@@ -162,6 +179,7 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
       last=${run_dir}/final/checkpoints/checkpoint_last.pt
     fi
     python -m local.distill.finalize "${last}" "${run_dir}/student.pt"
+    echo "${key}" > "${run_dir}/.stamp.json"
   done
   log "Stage 3: comparing the runs -> ${distill_dir}/report.md, ${distill_dir}/loss_vs_wallclock.png"
   # shellcheck disable=SC2086

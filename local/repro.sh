@@ -80,6 +80,14 @@ fi
 declare -A groups=([eql]="interleaved stack_top midas none|" [prop]="interleaved|task.growth.schedule=prop")
 if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
   for seed in ${seeds}; do
+    # The teacher's targets first, so that no run's wall clock holds the teacher's pass.
+    read -r -a fill_opts <<< "common.seed=${seed} ${student_args} ${distill_args}"
+    log "Stage 4: seed ${seed}: the teacher's targets, once for all its runs -> ${expdir}/teacher_cache"
+    python -m fairseq_plugin.fill_teacher_cache --config-dir "${MAIN_ROOT}/conf" --config-name "distill/${preset}" \
+      task.data="$(realpath "${datadir}")/manifests" task.teacher_checkpoint="$(realpath "${teacher}")" \
+      dataset.train_subset=train dataset.valid_subset=dev common.cpu=true "${fill_opts[@]}" \
+      hydra.run.dir="${expdir}/fill_seed${seed}" > "${expdir}/fill_seed${seed}.log" 2>&1 \
+      || { tail -n 20 "${expdir}/fill_seed${seed}.log"; exit 1; }
     for group in eql prop; do
       run_exp=${expdir}/${group}_seed${seed}
       mkdir -p "${run_exp}/teacher"

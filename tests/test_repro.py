@@ -38,6 +38,11 @@ def test_repro_mode_reports_every_run_over_seeds(tiny_corpus, tmp_path):
     assert re.search(r"^\| none \| [\d ±]+ \| 1\.00 ± 0\.00 \|", report, flags=re.M)  # its own reference
     assert "seeds lower" in report and re.search(r"\*\*(holds|does not hold)\*\*", report)
     assert (exp / "dev_loss_vs_wallclock.png").stat().st_size > 0
+    # The teacher's targets were filled before the runs: every run found them all on disk.
+    logs = list(exp.glob("*_seed*/distill/*/train.log"))
+    assert len(logs) == 10
+    for log in logs:
+        assert re.search(r"teacher targets for train cached in \S+ \(100% filled\)", log.read_text()), log
     # PROP's schedule reached the interleaved run of its own group
     assert "prop" in (exp / "prop_seed1" / "distill" / "interleaved" / "train.log").read_text()
     assert "Stage 5" in proc.stdout

@@ -66,11 +66,13 @@ SMALL = ("model.encoder_embed_dim=48 model.encoder_ffn_embed_dim=96 model.encode
 
 def test_run_sh_distils_a_preset_that_does_not_grow_once(tiny_corpus, tiny_teacher, tmp_path):
     """`./run.sh --stage 3 --preset distilhubert` (2 layers: below growth's start depth) trains one
-    run, with --distill-args after the recipe's own overrides."""
+    run, with --distill-args after the recipe's own overrides; a rerun keeps it, and a rerun with
+    other settings in the same directory is refused."""
     (tmp_path / "exp/teacher").mkdir(parents=True)
     shutil.copy(tiny_teacher, tmp_path / "exp/teacher/teacher.pt")
-    proc = run(["./run.sh", "--stage", "3", "--stop-stage", "3", "--preset", "distilhubert",
-                "--expdir", str(tmp_path / "exp"), "--datadir", str(tiny_corpus / "data"), "--distill-args", SMALL])
+    cmd = ["./run.sh", "--stage", "3", "--stop-stage", "3", "--preset", "distilhubert",
+           "--expdir", str(tmp_path / "exp"), "--datadir", str(tiny_corpus / "data"), "--distill-args", SMALL]
+    proc = run(cmd)
     distill_dir = tmp_path / "exp/distill"
     assert sorted(p.name for p in distill_dir.iterdir() if p.is_dir()) == ["none"]
     assert (distill_dir / "none/student.pt").exists()
@@ -85,3 +87,15 @@ def test_run_sh_distils_a_preset_that_does_not_grow_once(tiny_corpus, tiny_teach
     assert re.search(r"stage 3: \d+ min \d+ s\n.*stages 3-3: \d+ min \d+ s in all", proc.stdout)
     times = (tmp_path / "exp/stage_times.tsv").read_text().splitlines()
     assert times[0] == "stage\tseconds" and times[1].split("\t")[0] == "3" and int(times[1].split("\t")[1]) > 0
+
+    # Run again: the finished run is kept, its log and student as they were (not a no-op run's log).
+    student = (distill_dir / "none/student.pt").read_bytes()
+    again = run(cmd)
+    assert "is up to date with its inputs" in again.stdout
+    assert (distill_dir / "none/train.log").read_text() == log
+    assert (distill_dir / "none/student.pt").read_bytes() == student
+    # Other settings in the same directory: refused, not resumed from the other run's checkpoint.
+    other = run([*cmd[:-1], SMALL.replace("optimization.max_update=2", "optimization.max_update=3")], check=False)
+    assert other.returncode != 0
+    assert "holds a run of other settings" in other.stdout + other.stderr
+    assert (distill_dir / "none/train.log").read_text() == log
