@@ -47,7 +47,8 @@ def time_to_quality(run: Run, target: float) -> float:
 
 def per_seed_metrics(runs: dict[str, dict[int, Run]]) -> dict[str, dict[str, list[float]]]:
     """run name -> metric -> one value per seed (seeds in the same order for every run)."""
-    targets = sorted({k for by_seed in runs.values() for r in by_seed.values() for k in r.valid if k.startswith("loss_")})
+    targets = sorted({k for by_seed in runs.values() for r in by_seed.values() for k in r.valid if k.startswith("loss_")},
+                     key=lambda k: (k != "loss_last", int(k[6:]) if k[6:].isdigit() else 0))  # last, then t4, t8, t12
     out: dict[str, dict[str, list[float]]] = {}
     for name, by_seed in runs.items():
         rows: dict[str, list[float]] = {}
