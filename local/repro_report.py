@@ -21,7 +21,7 @@ import statistics
 from pathlib import Path
 
 from fairseq_plugin.atomic_io import atomic_write_text
-from local.distill.report import Run, parse_log
+from local.distill.report import Run, parse_log, save_figure
 
 # name in the report -> (exp dir group, operator)
 RUNS = {"interleaved EQL": ("eql", "interleaved"), "interleaved PROP": ("prop", "interleaved"),
@@ -114,11 +114,7 @@ def plot(runs: dict[str, dict[int, Run]], out: Path) -> None:
     ax.set_xlabel("wall-clock (s)")
     ax.set_ylabel("dev loss")
     ax.set_title("Dev loss against wall-clock, one line per seed")
-    ax.legend()
-    fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(out)
+    save_figure(fig, ax, out)
 
 
 def report(exp: Path, seeds: list[int]) -> str:

@@ -89,6 +89,11 @@ def plot(runs: list[Run], out: Path) -> None:
     ax.set_xlabel("wall-clock (s)")
     ax.set_ylabel("training loss")
     ax.set_title("Distillation loss against wall-clock (dotted: growth)")
+    save_figure(fig, ax, out)
+
+
+def save_figure(fig, ax, out: Path) -> None:
+    """The figure with its legend, written to `out` whole or not at all."""
     ax.legend()
     fig.tight_layout()
     tmp = out.with_name(f".{out.name}.tmp.png")
