@@ -66,7 +66,8 @@ def test_benchmark_runs_and_reports_ratios(tmp_path):
     assert 0.9 * 3 * 64 * 2 * 50 * 3600 / 1e9 < report["teacher_cache_gb_per_audio_hour"] <= 3 * 64 * 2 * 50 * 3600 / 1e9
     # and the student's input, the tiny CNN's 64 channels
     assert 0.9 * 64 * 2 * 50 * 3600 / 1e9 < report["student_input_cache_gb_per_audio_hour"] <= 64 * 2 * 50 * 3600 / 1e9
-    assert {"baseline", "plugin", "plugin_student_only"} == set(report["profile"]) and report["profile"]["plugin"][0]["ms_per_step"] > 0
+    assert {"baseline", "teacher_forward", "plugin", "plugin_student_only"} == set(report["profile"])
+    assert report["profile"]["plugin"][0]["ms_per_step"] > 0 and report["profile"]["teacher_forward"][0]["ms_per_step"] > 0
     timed = {row["module"]: row for row in report["teacher_modules"]}
     assert {"feature_extractor.conv_layers.0.0", "encoder.pos_conv", "encoder.layers.0.self_attn"} <= set(timed)
     assert all(row["fp32_ms"] > 0 and row["bf16_ms"] > 0 for row in timed.values())
