@@ -147,16 +147,16 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
       dataset.train_subset="${train_set}" dataset.valid_subset="${valid_set}" "${device_opts[@]}" \
       checkpoint.save_dir="${dir}/checkpoints" hydra.run.dir="${dir}/hydra" "$@" "${extra_opts[@]}"
   }
+  # What a run directory holds: the teacher, the data, the preset and every override (hashed once
+  # here), and its operator. A finished run of the same key is kept as it is (its log and student); a
+  # directory of other settings is refused, since fairseq would resume from its checkpoint_last.pt.
+  inputs=$(python -m local.stamp --file teacher="${teacher_dir}/teacher.pt" --file data="${manifests}" \
+    --file preset="conf/distill/${preset}.yaml" --value overrides="${device_opts[*]} ${distill_args}")
   for op in ${operators}; do
     run_dir=${distill_dir}/${op}
-    # What the run directory holds: the teacher, the data, the preset and every override. A finished
-    # run of the same key is kept as it is (its log and student); a directory of other settings is
-    # refused, since fairseq would resume from its checkpoint_last.pt.
-    key=$(python -m local.stamp --file teacher="${teacher_dir}/teacher.pt" --file data="${manifests}" \
-      --file preset="conf/distill/${preset}.yaml" --value operator="${op}" \
-      --value overrides="${device_opts[*]} ${distill_args}")
-    if [ -f "${run_dir}/student.pt" ] && [ "$(cat "${run_dir}/.stamp.json" 2>/dev/null)" = "${key}" ]; then
-      log "Stage 3: ${run_dir} is up to date with its inputs (${run_dir}/.stamp.json); kept"
+    key="${op} ${inputs}"
+    if [ -f "${run_dir}/student.pt" ] && [ "$(cat "${run_dir}/.inputs.json" 2>/dev/null)" = "${key}" ]; then
+      log "Stage 3: ${run_dir} is up to date with its inputs (${run_dir}/.inputs.json); kept"
       continue
     fi
     if [ -f "${run_dir}/.inputs.json" ] && [ "$(cat "${run_dir}/.inputs.json")" != "${key}" ]; then
@@ -166,7 +166,6 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
     fi
     log "Stage 3: distilling ${teacher_dir}/teacher.pt into conf/distill/${preset}.yaml, growth ${op} -> ${run_dir}"
     mkdir -p "${run_dir}"
-    rm -f "${run_dir}/.stamp.json"  # written again once student.pt is in place
     echo "${key}" > "${run_dir}/.inputs.json"
     distill "${run_dir}/train.log" "${run_dir}"
     last=${run_dir}/checkpoints/checkpoint_last.pt
@@ -178,8 +177,7 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
       distill "${run_dir}/final.log" "${run_dir}/final" "${final_opts[@]}"
       last=${run_dir}/final/checkpoints/checkpoint_last.pt
     fi
-    python -m local.distill.finalize "${last}" "${run_dir}/student.pt"
-    echo "${key}" > "${run_dir}/.stamp.json"
+    python -m local.distill.finalize "${last}" "${run_dir}/student.pt"  # last, and atomic: a finished run
   done
   log "Stage 3: comparing the runs -> ${distill_dir}/report.md, ${distill_dir}/loss_vs_wallclock.png"
   # shellcheck disable=SC2086

@@ -23,9 +23,9 @@ from fairseq_plugin.atomic_io import atomic_write_text
 from local.superb import features, tasks
 from local.superb.run import run_task
 
-# What each probed task reports per layer (the metric of run_task's scores), and which way is better.
-METRICS = {"pr": ("pr", "PER %", "lower"), "sid": ("sid", "SID accuracy %", "higher"),
-           "ks": ("ks", "KS accuracy %", "higher"), "asr": ("asr", "WER %", "lower")}
+# What each probed task reports per layer (run_task's score under the task's own name), and which way is better.
+METRICS = {"pr": ("PER %", "lower"), "sid": ("SID accuracy %", "higher"), "ks": ("KS accuracy %", "higher"),
+           "asr": ("WER %", "lower")}
 
 
 def probe(ckpt: Path, cfg: dict, data: Path, task_names: list[str], seed: int = 0) -> dict[str, list[float]]:
@@ -36,15 +36,15 @@ def probe(ckpt: Path, cfg: dict, data: Path, task_names: list[str], seed: int = 
     print(f"layer probe: features of {num_states} hidden states in {time.perf_counter() - start:.0f} s", flush=True)
     out = {}
     for name in task_names:
-        task, metric = cfg["tasks"][name], METRICS[name][0]
+        task = cfg["tasks"][name]
         split = tasks.select(name, task, data)
         out[name] = []
         for layer in range(num_states):
             one_layer = {s: {u: f[layer:layer + 1] for u, f in by_utt.items()} for s, by_utt in feats.items()}
             start = time.perf_counter()
             scores, _, _ = run_task(name, task, split, one_layer, seed)
-            out[name].append(scores[metric])
-            print(f"layer probe: {name} layer {layer}: {scores[metric]:.1f} ({time.perf_counter() - start:.0f} s)",
+            out[name].append(scores[name])
+            print(f"layer probe: {name} layer {layer}: {scores[name]:.1f} ({time.perf_counter() - start:.0f} s)",
                   flush=True)
     return out
 
@@ -52,13 +52,13 @@ def probe(ckpt: Path, cfg: dict, data: Path, task_names: list[str], seed: int = 
 def table(name: str, scores: dict[str, list[float]], chance: dict[str, float]) -> str:
     names = list(scores)
     lines = [f"Layer by layer, {name} (one seed; index 0 is the CNN's output)", "",
-             "| layer | " + " | ".join(METRICS[t][1] for t in names) + " |",
+             "| layer | " + " | ".join(METRICS[t][0] for t in names) + " |",
              "|---|" + "---|" * len(names)]
     for layer in range(len(scores[names[0]])):
         lines.append(f"| {layer} | " + " | ".join(f"{scores[t][layer]:.1f}" for t in names) + " |")
-    lines.append("| chance | " + " | ".join(f"{chance[METRICS[t][0]]:.1f}" for t in names) + " |")
-    best = [f"{METRICS[t][1]} best at layer "
-            f"{(min if METRICS[t][2] == 'lower' else max)(range(len(scores[t])), key=scores[t].__getitem__)}"
+    lines.append("| chance | " + " | ".join(f"{chance[t]:.1f}" for t in names) + " |")
+    best = [f"{METRICS[t][0]} best at layer "
+            f"{(min if METRICS[t][1] == 'lower' else max)(range(len(scores[t])), key=scores[t].__getitem__)}"
             for t in names]
     return "\n".join(lines) + "\n\n" + "; ".join(best) + "\n"
 
