@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 OPERATORS = ("interleaved", "stack_top", "midas", "none")
 SCHEDULES = ("eql", "prop", "explicit")
+COPY_STATES = ("copied", "fresh")
+COPY_AT = ("after", "before")
 
 
 class GrowthConfigError(ValueError):
@@ -70,6 +72,34 @@ def grow_order(operator: str, depth: int, n_new: int) -> list[int]:
     if not 0 < n_new <= depth:
         raise GrowthConfigError(f"cannot add {n_new} layers to a {depth}-layer model (copies need 1..{depth} sources)")
     return _OPERATORS[operator](depth, n_new)
+
+
+def copy_slots(order: list[int], copy_at: str = "after") -> list[int]:
+    """The new slots that count as copies: for each source, every occurrence but its first
+    (copy_at="after", the copy follows its source) or every occurrence but its last ("before").
+
+    Weights and Adam moments are copied to every occurrence, so this only matters when copies are
+    set apart from their source (fresh moments, noise): it picks which of a block's identical layers
+    starts anew, e.g. the one that carries the intermediate loss at the end of an interleaved block.
+    """
+    if copy_at not in COPY_AT:
+        raise GrowthConfigError(f"task.growth.copy_at={copy_at!r}: choose one of {', '.join(COPY_AT)}")
+    seen = {}
+    for i, j in enumerate(order):
+        seen.setdefault(j, []).append(i)
+    return sorted(i for slots in seen.values() for i in (slots[1:] if copy_at == "after" else slots[:-1]))
+
+
+def rewarmup_factor(stages: list["Stage"], update: int, rewarmup_updates: int) -> float:
+    """The fraction of the scheduled learning rate for `update` when each growth is followed by a
+    linear re-warm-up over `rewarmup_updates` updates (1.0 outside those stretches)."""
+    if rewarmup_updates <= 0:
+        return 1.0
+    for stage in stages[1:]:
+        since = update - stage.start_update
+        if 0 <= since < rewarmup_updates:
+            return (since + 1) / (rewarmup_updates + 1)
+    return 1.0
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,11 @@ continues exactly as its source would have; no layer starts with fresh moments u
 global step (whose bias correction makes the first update several times too large), and no
 parameter enters or leaves the optimizer, DDP or the fp16 master copy.
 
+Two ablations set the copies (`growth.copy_slots`) apart from their sources: fresh moments (the
+copy has no optimizer state and starts like a new parameter, bias correction and all; in fairseq's
+flat fp16 master only its slice of the moments is zeroed, as the step count is shared) and
+Gaussian noise on its weights.
+
 Dormant slots may have drifted meanwhile (legacy DDP zero-fills their gradients, so Adam decays
 their moments and weight decay shrinks them); that does not matter, because a slot is always
 overwritten when it becomes live.
@@ -80,8 +85,12 @@ def _restore(inner, key: torch.Tensor, off: int, n: int, state: dict | None) -> 
 
 
 @torch.no_grad()
-def grow_student(student, optimizer, order: list[int]) -> None:
-    """Rewrite the student's live layers to `order` (source slot per new slot), with optimizer state."""
+def grow_student(student, optimizer, order: list[int], copies: list[int] = (), fresh_state: bool = False,
+                 noise: float = 0.0, generator: torch.Generator | None = None) -> None:
+    """Rewrite the student's live layers to `order` (source slot per new slot), with optimizer state.
+
+    `copies` (new slots) start with fresh optimizer state if `fresh_state`, and with Gaussian
+    noise of `noise` x each tensor's std on their weights (drawn from `generator`)."""
     layers = student.encoder.layers
     old_depth = student.live_depth
     if max(order) >= old_depth or len(order) > len(layers):
@@ -99,10 +108,20 @@ def grow_student(student, optimizer, order: list[int]) -> None:
         snap.append(entries)
 
     for i, j in enumerate(order):
+        is_copy = i in copies
         for p, (weight, master, state) in zip(layers[i].parameters(), snap[j]):
             key, off, n = slots[p]
+            if is_copy and noise > 0 and n > 1:
+                master = master + noise * master.float().std() * torch.randn(
+                    master.shape, generator=generator, dtype=torch.float32).to(master)
+                weight = master.view(weight.shape).to(weight.dtype)
             p.copy_(weight)
             key.view(-1)[off:off + n].copy_(master)
+            if is_copy and fresh_state:
+                state = None if state is None else {k: (torch.zeros_like(v) if k.startswith("exp_avg") else v)
+                                                    for k, v in state.items()}
+                if off == 0 and n == key.numel():
+                    state = None  # per-parameter state: none at all, as for a new parameter
             _restore(inner, key, off, n, state)
     student.depth.fill_(len(order))
 

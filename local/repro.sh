@@ -13,8 +13,11 @@
 #   3 what each of its layers encodes: phone error rate and speaker accuracy per layer
 #     (local/superb/layer_probe.py)
 #   4 students of the `tiny` preset at each seed: interleaved, stack_top, midas and none with the
-#     EQL schedule (run.sh stage 3), and interleaved with PROP; the teacher's targets are cached
-#     on disk, once per seed, for all five
+#     EQL schedule (run.sh stage 3), and interleaved with PROP; with --ablations true, interleaved
+#     EQL with one change each (fresh Adam moments for the copies, after or before their source;
+#     noise on the copies; a learning-rate re-warm-up after each growth; the layer terms summed);
+#     for each of --budgets, interleaved and none again at that many updates (does the gap close
+#     with a longer run?). The teacher's targets are cached on disk, once per seed, for all of them
 #   5 the report: <expdir>/report.md (mean +- std over seeds, paired differences, time to quality)
 set -euo pipefail
 
@@ -24,6 +27,8 @@ expdir=exp/repro
 datadir=data
 seeds="1 2 3"
 updates=600            # student updates per run
+budgets="2400"         # longer runs of interleaved and none ("" for none)
+ablations=true         # interleaved EQL with one change each
 teacher_updates=2000   # teacher pre-training updates
 teacher_layers=12
 preset=tiny
@@ -42,13 +47,16 @@ log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (repro) $*"; }
 
 teacher_exp=${expdir}/teacher_exp
 teacher=${teacher_exp}/teacher/teacher.pt
-# Validation ten times a run: the dev-loss curve that time-to-quality is read from.
-valid_every=$(( updates / 10 > 0 ? updates / 10 : 1 ))
-student_args="optimization.max_update=${updates} lr_scheduler.warmup_updates=$(( updates * 7 / 100 + 1 ))"
-student_args+=" dataset.validate_interval_updates=${valid_every} checkpoint.save_interval_updates=${valid_every}"
-# The teacher runs once per utterance for all the runs of a seed (crops fixed per utterance and seed):
-# a student step is then the student alone (fairseq_plugin/teacher_cache.py).
-student_args+=" task.speed.teacher_cache=$(realpath -m "${expdir}")/teacher_cache"
+# A student run of $1 updates: validation ten times a run (the dev-loss curve that time-to-quality
+# is read from), warm-up 7 % as in the paper. The teacher runs once per utterance for all the runs
+# of a seed (crops fixed per utterance and seed): a step is then the student alone
+# (fairseq_plugin/teacher_cache.py).
+student_args() {
+  local u=$1 every=$(( $1 / 10 > 0 ? $1 / 10 : 1 ))
+  echo "optimization.max_update=${u} lr_scheduler.warmup_updates=$(( u * 7 / 100 + 1 ))" \
+    "dataset.validate_interval_updates=${every} checkpoint.save_interval_updates=${every}" \
+    "task.speed.teacher_cache=$(realpath -m "${expdir}")/teacher_cache"
+}
 
 if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
   if [ -f "${datadir}/.prepared.json" ]; then
@@ -75,27 +83,41 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
     --config "${superb_config}" --datadir "${datadir}" --out "${expdir}/probe"
 fi
 
-# The student runs: <name> -> "operators|extra overrides"; each seed's run lands in
-# ${expdir}/<group>_seed<k>/distill/<operator>.
-declare -A groups=([eql]="interleaved stack_top midas none|" [prop]="interleaved|task.growth.schedule=prop")
+# The student runs: <group> -> "operators|updates|extra overrides"; each seed's run lands in
+# ${expdir}/<group>_seed<k>/distill/<operator> (local/repro_report.py reads them by these names).
+declare -A groups=([eql]="interleaved stack_top midas none|${updates}|" [prop]="interleaved|${updates}|task.growth.schedule=prop")
+group_order="eql prop"
+if [ "${ablations}" = true ]; then
+  group_order+=" abl_fresh abl_fresh_before abl_noise abl_rewarm abl_sum"
+  groups+=([abl_fresh]="interleaved|${updates}|task.growth.copy_state=fresh"
+           [abl_fresh_before]="interleaved|${updates}|task.growth.copy_state=fresh task.growth.copy_at=before"
+           [abl_noise]="interleaved|${updates}|task.growth.copy_noise=0.01"
+           [abl_rewarm]="interleaved|${updates}|task.growth.rewarmup_updates=$(( updates * 7 / 100 + 1 ))"
+           [abl_sum]="interleaved|${updates}|criterion.layer_reduce=sum")
+fi
+for u in ${budgets}; do
+  groups+=([budget${u}]="interleaved none|${u}|")
+  group_order+=" budget${u}"
+done
 if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
   for seed in ${seeds}; do
     # The teacher's targets first, so that no run's wall clock holds the teacher's pass.
-    read -r -a fill_opts <<< "common.seed=${seed} ${student_args} ${distill_args}"
+    read -r -a fill_opts <<< "common.seed=${seed} $(student_args "${updates}") ${distill_args}"
     log "Stage 4: seed ${seed}: the teacher's targets, once for all its runs -> ${expdir}/teacher_cache"
     python -m fairseq_plugin.fill_teacher_cache --config-dir "${MAIN_ROOT}/conf" --config-name "distill/${preset}" \
       task.data="$(realpath "${datadir}")/manifests" task.teacher_checkpoint="$(realpath "${teacher}")" \
       dataset.train_subset=train dataset.valid_subset=dev common.cpu=true "${fill_opts[@]}" \
       hydra.run.dir="${expdir}/fill_seed${seed}" > "${expdir}/fill_seed${seed}.log" 2>&1 \
       || { tail -n 20 "${expdir}/fill_seed${seed}.log"; exit 1; }
-    for group in eql prop; do
+    for group in ${group_order}; do
+      IFS='|' read -r operators group_updates overrides <<< "${groups[${group}]}"
       run_exp=${expdir}/${group}_seed${seed}
       mkdir -p "${run_exp}/teacher"
       ln -sfn "$(realpath "${teacher}")" "${run_exp}/teacher/teacher.pt"  # stage 3 reads <expdir>/teacher/teacher.pt
-      log "Stage 4: seed ${seed}, ${group}: ${groups[${group}]%%|*} -> ${run_exp}/distill"
+      log "Stage 4: seed ${seed}, ${group}: ${operators}, ${group_updates} updates -> ${run_exp}/distill"
       ./run.sh --stage 3 --stop-stage 3 --datadir "${datadir}" --expdir "${run_exp}" --preset "${preset}" \
-        --operators "${groups[${group}]%%|*}" \
-        --distill-args "common.seed=${seed} ${student_args} ${groups[${group}]#*|} ${distill_args}"
+        --operators "${operators}" \
+        --distill-args "common.seed=${seed} $(student_args "${group_updates}") ${overrides} ${distill_args}"
     done
   done
 fi
@@ -103,5 +125,5 @@ fi
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
   log "Stage 5: the report -> ${expdir}/report.md"
   # shellcheck disable=SC2086
-  python -m local.repro_report "${expdir}" --seeds ${seeds}
+  python -m local.repro_report "${expdir}" --seeds ${seeds} --budgets ${budgets}
 fi

@@ -11,7 +11,11 @@ probe, and writes `<exp>/report.md` and `<exp>/dev_loss_vs_wallclock.png`:
 - paired differences of the final dev loss against `none` and against interleaved (EQL), seed by
   seed, with how many seeds came out lower;
 - whether the paper's ordering (interleaved close to full depth, ahead of stack_top and MIDAS)
-  holds here.
+  holds here;
+- the ablations of interleaved EQL (`<exp>/abl_*_seed<k>`), each paired against interleaved EQL;
+- with --budgets, interleaved against none at each longer budget (`<exp>/budget<U>_seed<k>`): does
+  the gap close as the run gets longer? With `<exp>/dev_loss_vs_updates.png`, the curves of the
+  longest budget with its growths marked.
 """
 from __future__ import annotations
 
@@ -27,17 +31,66 @@ from local.distill.report import Run, parse_log, save_figure
 RUNS = {"interleaved EQL": ("eql", "interleaved"), "interleaved PROP": ("prop", "interleaved"),
         "stack_top EQL": ("eql", "stack_top"), "midas EQL": ("eql", "midas"), "none": ("eql", "none")}
 REFERENCE, OURS = "none", "interleaved EQL"
+# ablations of interleaved EQL, one change each (local/repro.sh --ablations true): name -> exp dir group
+ABLATIONS = {"fresh Adam moments for the copies": "abl_fresh",
+             "fresh moments, copy before its source": "abl_fresh_before",
+             "noise on the copies (0.01 std)": "abl_noise",
+             "lr re-warm-up after each growth": "abl_rewarm",
+             "layer terms summed, not averaged": "abl_sum"}
 
 
-def load(exp: Path, seeds: list[int]) -> dict[str, dict[int, Run]]:
+def load(exp: Path, seeds: list[int], named: dict[str, tuple[str, str]] = RUNS) -> dict[str, dict[int, Run]]:
     runs: dict[str, dict[int, Run]] = {}
-    for name, (group, operator) in RUNS.items():
+    for name, (group, operator) in named.items():
         for seed in seeds:
             log = exp / f"{group}_seed{seed}" / "distill" / operator / "train.log"
             if not log.is_file():
                 raise FileNotFoundError(f"{log}: missing; run local/repro.sh --stage 4 for seed {seed}")
             runs.setdefault(name, {})[seed] = parse_log(name, log)
     return runs
+
+
+def dev_losses(by_seed: dict[int, Run]) -> list[float]:
+    return [run.valid.get("loss", math.nan) for _, run in sorted(by_seed.items())]
+
+
+def ablations(exp: Path, seeds: list[int], runs: dict[str, dict[int, Run]]) -> list[str]:
+    """Each ablation against interleaved EQL of the same seed; those not run are left out."""
+    present = {name: (group, "interleaved") for name, group in ABLATIONS.items()
+               if any((exp / f"{group}_seed{seed}").is_dir() for seed in seeds)}
+    if not present:
+        return []
+    base = dev_losses(runs[OURS])
+    lines = ["## Ablations of interleaved EQL (one change each)", "",
+             "| change | dev loss | minus interleaved EQL's, per seed | mean ± std | seeds lower |", "|---|---|---|---|---|"]
+    for name, by_seed in load(exp, seeds, present).items():
+        losses = dev_losses(by_seed)
+        diffs = [a - b for a, b in zip(losses, base)]
+        lines.append(f"| {name} | {mean_std(losses, 4)} | " + ", ".join(f"{d:+.4f}" for d in diffs) +
+                     f" | {mean_std(diffs, 4)} | {sum(d < 0 for d in diffs)} of {len(diffs)} |")
+    return [*lines, ""]
+
+
+def budgets(exp: Path, seeds: list[int], runs: dict[str, dict[int, Run]], longer: list[int]) -> list[str]:
+    """Interleaved EQL against none at each budget: the main runs', then each longer one."""
+    if not longer:
+        return []
+    lines = ["## Does the gap close with a longer run?", "",
+             "| updates | none dev loss | interleaved EQL dev loss | gap, per seed | gap mean ± std | speed-up |",
+             "|---|---|---|---|---|---|"]
+    by_budget = {int(runs[OURS][seeds[0]].train[-1]["num_updates"]): (runs[OURS], runs[REFERENCE])}
+    for u in longer:
+        more = load(exp, seeds, {"interleaved": (f"budget{u}", "interleaved"), "none": (f"budget{u}", "none")})
+        by_budget[u] = (more["interleaved"], more["none"])
+    for u, (ours, none) in sorted(by_budget.items()):
+        gaps = [a - b for a, b in zip(dev_losses(ours), dev_losses(none))]
+        speed = [none[s].wall / ours[s].wall for s in sorted(ours)]
+        lines.append(f"| {u} | {mean_std(dev_losses(none), 4)} | {mean_std(dev_losses(ours), 4)} | " +
+                     ", ".join(f"{g:+.4f}" for g in gaps) + f" | {mean_std(gaps, 4)} | {mean_std(speed, 2)} |")
+    ours, none = by_budget[max(by_budget)]
+    plot_updates({"interleaved EQL": ours, "none": none}, exp / "dev_loss_vs_updates.png")
+    return [*lines, "", f"Curves of the {max(by_budget)}-update runs: `dev_loss_vs_updates.png` "
+                        "(growths marked by dotted lines).", ""]
 
 
 def time_to_quality(run: Run, target: float) -> float:
@@ -117,7 +170,26 @@ def plot(runs: dict[str, dict[int, Run]], out: Path) -> None:
     save_figure(fig, ax, out)
 
 
-def report(exp: Path, seeds: list[int]) -> str:
+def plot_updates(runs: dict[str, dict[int, Run]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (name, by_seed) in enumerate(runs.items()):
+        for j, run in enumerate(by_seed.values()):
+            ax.plot([v["num_updates"] for v in run.valids], [v["loss"] for v in run.valids], color=f"C{i}",
+                    alpha=0.7, marker=".", label=name if j == 0 else None)
+            for growth in run.growths if j == 0 else ():
+                ax.axvline(growth[0], color=f"C{i}", linestyle=":", alpha=0.5)
+    ax.set_xlabel("update")
+    ax.set_ylabel("dev loss")
+    ax.set_title("Dev loss against updates, one line per seed")
+    save_figure(fig, ax, out)
+
+
+def report(exp: Path, seeds: list[int], longer: list[int] = ()) -> str:
     runs = load(exp, seeds)
     metrics = per_seed_metrics(runs)
     keys = list(next(iter(metrics.values())))
@@ -132,7 +204,8 @@ def report(exp: Path, seeds: list[int]) -> str:
         lines.append(f"| {name} | " + " | ".join(mean_std(rows[k], 0 if "(s)" in k else 2 if "speed" in k else 4)
                                                for k in keys) + " |")
     lines += ["", "## Paired against full depth", "", *paired(metrics, REFERENCE),
-              "", "## Paired against interleaved (EQL)", "", *paired(metrics, OURS), "", verdict(metrics), ""]
+              "", "## Paired against interleaved (EQL)", "", *paired(metrics, OURS), "", verdict(metrics), "",
+              *ablations(exp, seeds, runs), *budgets(exp, seeds, runs, list(longer))]
     text = "\n".join(lines)
     atomic_write_text(exp / "report.md", text)
     plot(runs, exp / "dev_loss_vs_wallclock.png")
@@ -143,8 +216,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("exp_dir", type=Path)
     parser.add_argument("--seeds", type=int, nargs="+", required=True)
+    parser.add_argument("--budgets", type=int, nargs="*", default=[], help="the longer budgets run (repro.sh --budgets)")
     args = parser.parse_args(argv)
-    print(report(args.exp_dir, args.seeds), end="")
+    print(report(args.exp_dir, args.seeds, args.budgets), end="")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,28 @@ def test_resume_matches_uninterrupted_run(tiny_corpus, tiny_teacher, tmp_path, s
     assert_same_weights(a, b)
 
 
+ABLATIONS = ["task.growth.copy_state=fresh", "task.growth.copy_noise=0.05", "task.growth.copy_at=before",
+             "task.growth.rewarmup_updates=2", "criterion.layer_reduce=sum", "common.log_interval=1"]
+
+
+def test_growth_ablations_take_effect_and_resume_exactly(tiny_corpus, tiny_teacher, tmp_path):
+    """Fresh moments, noise and the re-warm-up: the scaled lr shows in the log, and a run killed
+    before the growth resumes to the same weights (the noise is drawn from the seed and update)."""
+    proc = distill(tiny_corpus, tiny_teacher, tmp_path / "straight", "optimization.max_update=6", *RESUME, *ABLATIONS)
+    log = proc.stdout + proc.stderr
+    scales = dict((int(u), float(s)) for s, u in re.findall(r"lr_scale=([\d.]+),.* num_updates=(\d+),", log))
+    assert scales == {1: 1, 2: 1, 3: 1, 4: 0.3333, 5: 0.6667, 6: 1}, log[-3000:]  # growth at update 3 (0-based)
+    distill(tiny_corpus, tiny_teacher, tmp_path / "resumed", "optimization.max_update=3", *RESUME, *ABLATIONS)
+    distill(tiny_corpus, tiny_teacher, tmp_path / "resumed", "optimization.max_update=6", *RESUME, *ABLATIONS)
+    a = load(tmp_path / "straight/checkpoints/checkpoint_last.pt")
+    b = load(tmp_path / "resumed/checkpoints/checkpoint_last.pt")
+    assert_same_weights(a, b)
+    plain = distill(tiny_corpus, tiny_teacher, tmp_path / "plain", "optimization.max_update=6", *RESUME)
+    assert not torch.equal(a["model"]["encoder.layers.1.fc1.weight"],
+                           load(tmp_path / "plain/checkpoints/checkpoint_last.pt")["model"]["encoder.layers.1.fc1.weight"])
+    assert "lr_scale" not in plain.stdout + plain.stderr
+
+
 def test_two_process_ddp_across_growth(tiny_corpus, tiny_teacher, tmp_path):
     proc = distill(tiny_corpus, tiny_teacher, tmp_path, "optimization.max_update=4", "model.encoder_layers=6",
                    # fairseq's torchrun detection assumes CUDA; on CPU, give it the rank from torchrun's env.
@@ -79,6 +101,9 @@ def test_two_process_ddp_across_growth(tiny_corpus, tiny_teacher, tmp_path):
     (["task.growth.layers_per_growth=4"], "cannot reach the target depth"),
     (["task.growth.operator=sideways"], "task.growth.operator='sideways': choose one of"),
     (["task.normalize=true"], "trained with normalize=False; set task.normalize=False"),
+    (["task.growth.copy_state=zeroed"], "task.growth.copy_state='zeroed': choose one of copied, fresh"),
+    (["task.growth.copy_at=middle"], "task.growth.copy_at='middle': choose one of after, before"),
+    (["criterion.layer_reduce=max"], "criterion.layer_reduce='max': choose mean or sum"),
 ])
 def test_bad_settings_fail_with_a_clear_message(tiny_corpus, tiny_teacher, tmp_path, overrides, message):
     proc = distill(tiny_corpus, tiny_teacher, tmp_path, "optimization.max_update=8", *overrides, check=False)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from fairseq_plugin.criterions.layer_distillation import student_layer_for
-from fairseq_plugin.growth import GrowthConfigError, Stage, depth_at, grow_order, plan_stages
+from fairseq_plugin.growth import (GrowthConfigError, Stage, copy_slots, depth_at, grow_order, plan_stages,
+                                   rewarmup_factor)
 
 
 def grow_names(operator: str, depths=(3, 6, 9)) -> list[list[str]]:
@@ -81,3 +82,22 @@ def test_teacher_targets_stay_fixed_while_student_grows():
         [1, 2, 3], [2, 4, 6], [3, 6, 9], [4, 8, 12]]
     # With interleaved growth those are the last layers of the blocks a, b, c.
     assert [grow_names("interleaved")[2][s - 1] for s in (4, 8, 12)] == ["a", "b", "c"]
+
+
+def test_which_occurrence_is_the_copy():
+    interleaved = grow_order("interleaved", 3, 3)  # a a1 b b1 c c1
+    assert copy_slots(interleaved, "after") == [1, 3, 5]  # the block's last: the layer that carries t_k
+    assert copy_slots(interleaved, "before") == [0, 2, 4]
+    stacked = grow_order("stack_top", 3, 3)  # a b c a1 b1 c1
+    assert copy_slots(stacked, "after") == [3, 4, 5]
+    assert copy_slots(stacked, "before") == [0, 1, 2]
+    with pytest.raises(GrowthConfigError, match="copy_at='middle'"):
+        copy_slots(interleaved, "middle")
+
+
+def test_rewarmup_ramps_the_learning_rate_after_each_growth_only():
+    stages = plan_stages("eql", 12, 3, 9, 3)  # growths at updates 4 and 8
+    assert [s.start_update for s in stages] == [0, 4, 8]
+    factors = [rewarmup_factor(stages, u, 2) for u in range(12)]
+    assert factors == [1, 1, 1, 1, 1 / 3, 2 / 3, 1, 1, 1 / 3, 2 / 3, 1, 1]
+    assert all(rewarmup_factor(stages, u, 0) == 1 for u in range(12))

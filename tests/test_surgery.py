@@ -125,3 +125,44 @@ def test_growth_under_fairseqs_bf16_optimizer_updates_the_master_copy():
     opt._sync_fp32_params_to_fp16()  # what fairseq does after every step: the growth must survive it
     for p, w in zip(layer_params(model, 3), src_master):
         torch.testing.assert_close(p.float(), w.bfloat16().float())
+
+
+def test_fresh_copies_lose_their_moments_and_originals_keep_theirs():
+    model = make_student()
+    opt = make_adam(model)
+    train_steps(model, opt, 3)
+    state = opt.optimizer.state
+    kept = [state[p]["exp_avg"].clone() for p in layer_params(model, 1)]
+    grow_student(model, opt, [0, 0, 1, 1, 2, 2], copies=[1, 3, 5], fresh_state=True)
+    for p, m in zip(layer_params(model, 2), kept):  # the original of old layer 1
+        assert torch.equal(state[p]["exp_avg"], m)
+    assert all(p not in state for i in (1, 3, 5) for p in layer_params(model, i))
+    for p, q in zip(layer_params(model, 2), layer_params(model, 3)):
+        assert torch.equal(p, q)  # same weights, only the optimizer state differs
+    train_steps(model, opt, 1)  # the copies start a new Adam state, at step 1
+    assert all(state[p]["step"] == 1 for p in layer_params(model, 3))
+    assert all(state[p]["step"] == 4 for p in layer_params(model, 2))
+
+
+def test_noise_reaches_the_copies_only_and_is_reproducible():
+    def grown(seed):
+        model = make_student()
+        opt = make_adam(model)
+        train_steps(model, opt, 2)
+        before = [p.detach().clone() for p in layer_params(model, 0)]
+        grow_student(model, opt, [0, 0, 1, 1, 2, 2], copies=[0, 2, 4], noise=0.1,  # copies before their source
+                     generator=torch.Generator().manual_seed(seed))
+        return model, before
+
+    model, before = grown(7)
+    for p, w in zip(layer_params(model, 1), before):  # the original now sits after its copy
+        assert torch.equal(p, w)
+    for p, w in zip(layer_params(model, 0), before):  # the copy: every tensor moved, by 0.1 of its own std
+        if w.numel() > 1:
+            assert p.detach().sub(w).abs().max() > 0
+        if w.numel() > 1000:
+            assert 0.08 < float(p.detach().sub(w).std() / w.std()) < 0.12
+    again, _ = grown(7)
+    other, _ = grown(8)
+    assert all(torch.equal(p, q) for p, q in zip(layer_params(model, 0), layer_params(again, 0)))
+    assert not all(torch.equal(p, q) for p, q in zip(layer_params(model, 0), layer_params(other, 0)))

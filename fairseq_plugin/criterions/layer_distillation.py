@@ -1,7 +1,7 @@
 """The distillation loss: the teacher's last layer plus layer-to-layer targets fixed through growth.
 
     L = D(teacher[last], head_0(student[last]))
-        + layer_weight * mean_k D(teacher[t_k], head_k(student[s_k(depth)]))
+        + layer_weight * mean_k D(teacher[t_k], head_k(student[s_k(depth)]))   (or sum_k: layer_reduce)
 
 where t_k are `task.teacher_layers` (default `auto`: the teacher's thirds, 4/8/12 of 12) and
 s_k(depth) = round(t_k * depth / teacher_depth) is the student layer at the same relative depth,
@@ -34,6 +34,8 @@ from fairseq_plugin.models.student import unwrap_student
 class LayerDistillationConfig(FairseqDataclass):
     loss: str = field(default="mse", metadata={"help": "mse, or l1_cosine (DistilHuBERT's L1 - log sigmoid(cos))"})
     layer_weight: float = field(default=0.5, metadata={"help": "weight of the layer-to-layer terms"})
+    layer_reduce: str = field(
+        default="mean", metadata={"help": "the layer-to-layer terms combined as their mean (the paper) or sum"})
     target_layers: str = field(
         default="relative", metadata={"help": "which student layer meets teacher layer t: relative (same relative "
                                               "depth) or last (prediction heads on the last layer, DistilHuBERT)"})
@@ -55,6 +57,8 @@ class LayerDistillationCriterion(FairseqCriterion):
             raise ValueError(f"criterion.loss={cfg.loss!r}: choose mse or l1_cosine")
         if cfg.target_layers not in ("relative", "last"):
             raise ValueError(f"criterion.target_layers={cfg.target_layers!r}: choose relative or last")
+        if cfg.layer_reduce not in ("mean", "sum"):
+            raise ValueError(f"criterion.layer_reduce={cfg.layer_reduce!r}: choose mean or sum")
         if cfg.nonfinite not in ("stop", "skip"):
             raise ValueError(f"criterion.nonfinite={cfg.nonfinite!r}: choose stop or skip")
         self.cfg = cfg
@@ -127,7 +131,7 @@ class LayerDistillationCriterion(FairseqCriterion):
 
     def _distill(self, student, layers: list[torch.Tensor], teacher: dict[int, torch.Tensor],
                  keep: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Last layer against the teacher's last, plus layer_weight x the mean of the layer terms, each
+        """Last layer against the teacher's last, plus layer_weight x the mean (or sum) of the layer terms, each
         student layer at its relative depth among `layers` (the live ones, or those a gate kept)."""
         task = self.task
         depth = len(layers)
@@ -141,7 +145,8 @@ class LayerDistillationCriterion(FairseqCriterion):
             logging_output[f"loss_t{t}"] = term.detach()
         loss = loss_last
         if layer_terms:
-            loss = loss + self.cfg.layer_weight * torch.stack(layer_terms).mean()
+            terms = torch.stack(layer_terms)
+            loss = loss + self.cfg.layer_weight * (terms.sum() if self.cfg.layer_reduce == "sum" else terms.mean())
         return loss, logging_output
 
     @classmethod
@@ -162,7 +167,8 @@ class LayerDistillationCriterion(FairseqCriterion):
         skipped = sum(log.get("nonfinite_skipped", 0) for log in logging_outputs)
         if skipped:
             metrics.log_scalar("nonfinite_skipped", skipped, weight=0, priority=1)
-        for key in ("expected_sparsity", "target_sparsity", "lambda1", "lambda2"):  # pruning
+        # pruning; lr_scale: the fraction of the scheduled lr used during a re-warm-up after a growth
+        for key in ("expected_sparsity", "target_sparsity", "lambda1", "lambda2", "lr_scale"):
             if any(key in log for log in logging_outputs):
                 metrics.log_scalar(key, sum(float(log.get(key, 0)) for log in logging_outputs) / n, n, round=4)
         metrics.log_scalar("ntokens", sum(log.get("ntokens", 0) for log in logging_outputs), weight=0)

@@ -53,6 +53,16 @@ class GrowthConfig(FairseqDataclass):
         default=II("optimization.max_update"), metadata={"help": "updates the schedule spans"})
     measure_spike: bool = field(
         default=True, metadata={"help": "log the loss on the growth batch just before and after growing"})
+    # Ablations of how a copy starts (local/repro.sh measures each); the defaults are the paper's.
+    copy_state: str = field(
+        default="copied", metadata={"help": "the copies' Adam moments: copied from the source, or fresh (none yet)"})
+    copy_noise: float = field(
+        default=0.0, metadata={"help": "Gaussian noise on the copies' weights, as a fraction of each tensor's std"})
+    copy_at: str = field(
+        default="after", metadata={"help": "which occurrence of a copied layer counts as the copy (gets fresh "
+                                           "moments or noise): after its source, or before it"})
+    rewarmup_updates: int = field(
+        default=0, metadata={"help": "after each growth, ramp the learning rate linearly back up over this many updates"})
     compare: List[str] = field(
         default_factory=list,
         metadata={"help": "the operators run.sh stage 3 compares, one run each (empty: just `operator`); "
@@ -151,6 +161,7 @@ class DistillationTask(AudioPretrainingTask):
                     ", ".join(map(str, self.teacher_layers)), info.layers, cfg.teacher_layers)
         # Planned in build_model, once the student's final depth is known.
         self.stages: list[growth.Stage] | None = None
+        self._rewarmed_at: int | None = None
         self.start_depth: int | None = None
         self.teacher_caches: dict[str, teacher_cache.TeacherCache] = {}
         self.input_caches: dict[str, teacher_cache.TeacherCache] = {}  # the student's input, per split
@@ -200,6 +211,13 @@ class DistillationTask(AudioPretrainingTask):
             if g.operator not in growth.OPERATORS:
                 raise growth.GrowthConfigError(
                     f"task.growth.operator={g.operator!r}: choose one of {', '.join(growth.OPERATORS)}")
+            if g.copy_state not in growth.COPY_STATES:
+                raise growth.GrowthConfigError(
+                    f"task.growth.copy_state={g.copy_state!r}: choose one of {', '.join(growth.COPY_STATES)}")
+            growth.copy_slots([0], g.copy_at)  # refuses an unknown copy_at now, not at the first growth
+            if g.copy_noise < 0 or g.rewarmup_updates < 0:
+                raise growth.GrowthConfigError(
+                    f"task.growth.copy_noise={g.copy_noise} and rewarmup_updates={g.rewarmup_updates} must be >= 0")
             self.stages = growth.plan_stages(g.schedule, g.total_updates, g.start_depth, target,
                                              g.layers_per_growth, g.explicit)
             self.start_depth = self.stages[0].depth
@@ -360,7 +378,10 @@ class DistillationTask(AudioPretrainingTask):
             n_new = min(want, 2 * depth) - depth
             order = growth.grow_order(self.cfg.growth.operator, depth, n_new)
             before = self._probe_loss(sample, model, criterion) if self.cfg.growth.measure_spike else None
-            grow_student(student, optimizer, order)
+            g = self.cfg.growth
+            grow_student(student, optimizer, order, copies=growth.copy_slots(order, g.copy_at),
+                         fresh_state=g.copy_state == "fresh", noise=g.copy_noise,
+                         generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + update_num))
             after = self._probe_loss(sample, model, criterion) if self.cfg.growth.measure_spike else None
             logger.info("growth at update %d: depth %d -> %d, layer order %s%s", update_num, depth,
                         student.live_depth, order,
@@ -370,6 +391,18 @@ class DistillationTask(AudioPretrainingTask):
             raise RuntimeError(
                 f"the student has {student.live_depth} layers at update {update_num}, but the growth schedule "
                 f"says {want}; was the run resumed with another task.growth setting?")
+
+    def _rewarm_lr(self, optimizer, update_num: int) -> float:
+        """Scale the scheduled learning rate for this update during a re-warm-up after a growth.
+        fairseq's trainer sets the scheduled rate again after the update (lr_step_update), so
+        scaling once per update is enough; with update_freq > 1 this runs once per micro-batch,
+        hence the guard."""
+        factor = growth.rewarmup_factor(self.stages, update_num, self.cfg.growth.rewarmup_updates)
+        if factor != 1.0 and self._rewarmed_at != update_num:
+            self._rewarmed_at = update_num
+            for group in optimizer.param_groups:
+                group["lr"] *= factor
+        return factor
 
     def _probe_loss(self, sample, model, criterion) -> float:
         was_training = model.training
@@ -394,11 +427,14 @@ class DistillationTask(AudioPretrainingTask):
             if kept is not None:  # None: every layer runs this update
                 sample["kept_layers"] = kept
             sample["kept_depth"] = depth if kept is None else len(kept)
+        lr_scale = self._rewarm_lr(optimizer, update_num)
         # The student's precision is applied by the criterion (see there), in training, validation and probes alike.
         loss, sample_size, logging_output = super().train_step(sample, model, criterion, optimizer, update_num,
                                                                ignore_grad)
         if "targets_from_cache" in sample:
             logging_output["cached_targets"] = float(sample["targets_from_cache"])
+        if self.cfg.growth.rewarmup_updates > 0:  # fairseq logs the scheduled lr; this is the fraction used
+            logging_output["lr_scale"] = lr_scale
         return loss, sample_size, logging_output
 
     def valid_step(self, sample, model, criterion):
