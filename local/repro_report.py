@@ -98,6 +98,15 @@ def time_to_quality(run: Run, target: float) -> float:
     return next((v["wall"] for v in run.valids if v.get("loss", math.inf) <= target), math.nan)
 
 
+def loss_at_wall(run: Run, wall: float) -> float:
+    """The run's dev loss at `wall` seconds, linear between its validations; nan before the first."""
+    points = [(v["wall"], v["loss"]) for v in run.valids if "loss" in v]
+    for (w0, l0), (w1, l1) in zip(points, points[1:]):
+        if w0 <= wall <= w1:
+            return l0 + (l1 - l0) * (wall - w0) / (w1 - w0) if w1 > w0 else l1
+    return points[-1][1] if points and wall >= points[-1][0] else math.nan
+
+
 def per_seed_metrics(runs: dict[str, dict[int, Run]]) -> dict[str, dict[str, list[float]]]:
     """run name -> metric -> one value per seed (seeds in the same order for every run)."""
     targets = sorted({k for by_seed in runs.values() for r in by_seed.values() for k in r.valid if k.startswith("loss_")},
@@ -110,7 +119,9 @@ def per_seed_metrics(runs: dict[str, dict[int, Run]]) -> dict[str, dict[str, lis
             values = {"wall (s)": run.wall, "speed-up vs none": reference.wall / run.wall,
                       "dev loss": run.valid.get("loss", math.nan),
                       **{f"dev {t}": run.valid.get(t, math.nan) for t in targets},
-                      "time to none's dev loss (s)": time_to_quality(run, reference.valid.get("loss", math.nan))}
+                      "time to none's dev loss (s)": time_to_quality(run, reference.valid.get("loss", math.nan)),
+                      # equal time: where full depth stood when this run ended
+                      "none's dev loss at this wall": loss_at_wall(reference, run.wall)}
             for key, value in values.items():
                 rows.setdefault(key, []).append(value)
         out[name] = rows
@@ -134,6 +145,18 @@ def paired(metrics: dict[str, dict[str, list[float]]], against: str) -> list[str
         if name == against:
             continue
         diffs = [a - b for a, b in zip(rows["dev loss"], base)]
+        lines.append(f"| {name} | " + ", ".join(f"{d:+.4f}" for d in diffs) + f" | {mean_std(diffs, 4)} | "
+                     f"{sum(d < 0 for d in diffs)} of {len(diffs)} |")
+    return lines
+
+
+def paired_equal_time(metrics: dict[str, dict[str, list[float]]]) -> list[str]:
+    """Each grown run's final dev loss against where `none` stood at the same wall clock."""
+    lines = ["| run | dev loss minus none's at the same wall, per seed | mean ± std | seeds lower |", "|---|---|---|---|"]
+    for name, rows in metrics.items():
+        if name == REFERENCE:
+            continue
+        diffs = [a - b for a, b in zip(rows["dev loss"], rows["none's dev loss at this wall"])]
         lines.append(f"| {name} | " + ", ".join(f"{d:+.4f}" for d in diffs) + f" | {mean_std(diffs, 4)} | "
                      f"{sum(d < 0 for d in diffs)} of {len(diffs)} |")
     return lines
@@ -204,6 +227,7 @@ def report(exp: Path, seeds: list[int], longer: list[int] = ()) -> str:
         lines.append(f"| {name} | " + " | ".join(mean_std(rows[k], 0 if "(s)" in k else 2 if "speed" in k else 4)
                                                for k in keys) + " |")
     lines += ["", "## Paired against full depth", "", *paired(metrics, REFERENCE),
+              "", "## Paired against full depth at equal wall clock", "", *paired_equal_time(metrics),
               "", "## Paired against interleaved (EQL)", "", *paired(metrics, OURS), "", verdict(metrics), "",
               *ablations(exp, seeds, runs), *budgets(exp, seeds, runs, list(longer))]
     text = "\n".join(lines)

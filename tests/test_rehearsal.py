@@ -120,6 +120,36 @@ def test_real_path_stages_2_to_4(rehearsal, tmp_path):
     assert cut["cfg"]["model"]["encoder_layers"] == 6
 
 
+# The dphubert preset, cut by overrides only: 4 pruning updates (the target ramped over 2), then the
+# final distillation's 2; short crops, 2 utterances per step, workers on.
+DPHUBERT_CUT = ["optimization.max_update=4", "optimization.update_freq=[1]", "dataset.batch_size=2",
+                "task.max_sample_size=32000", "task.min_sample_size=8000", "dataset.num_workers=2",
+                "optimizer.groups.default.lr_scheduler.warmup_updates=1",
+                "optimizer.groups.pruning.lr_scheduler.warmup_updates=1", "model.pruning.warmup_updates=2",
+                "common.log_interval=1", "dataset.max_valid_steps=2"]
+
+
+def test_dphubert_preset_prunes_hubert_base_towards_24m_parameters(rehearsal, tmp_path):
+    """`--preset dphubert` on a HuBERT Base teacher: the student starts as the whole teacher, its
+    target is DPHuBERT's 23.6M (25 % of 94.4M), and stage 3 materialises it and distils it on."""
+    tmp, recipe, teacher = rehearsal
+    recipe = [str(tmp_path / "exp") if arg == str(tmp / "exp") else arg for arg in recipe]  # an exp dir of its own
+    run([*recipe, "--stage", "2", "--stop-stage", "3", "--teacher-ckpt", str(teacher), "--preset", "dphubert",
+         "--distill-args", " ".join(DPHUBERT_CUT)])
+    run_dir = tmp_path / "exp/distill/none"
+    log = (run_dir / "train.log").read_text()
+    assert "distilling teacher layers 4, 8, 12 of 12" in log
+    assert "'num_workers': 2" in log
+    pruned = (run_dir / "pruned.txt").read_text()
+    target, unpruned = (int(m.replace(",", "")) for m in re.search(r"target ([\d,]+).*unpruned ([\d,]+)", pruned).groups())
+    assert round(unpruned / 1e6, 1) == 94.4 and round(target / 1e6, 1) == 23.6, pruned
+    final = (run_dir / "final.log").read_text()
+    assert "model.prune=false" in (run_dir / "final.overrides").read_text()
+    assert re.search(r"num_updates=2\b", final), final[-2000:]
+    student = read_checkpoint(run_dir / "student.pt")
+    assert student["cfg"]["model"]["encoder_embed_dim"] == 768 and len(student["cfg"]["model"]["layer_heads"]) == 12
+
+
 def test_two_processes_of_the_paper_preset(rehearsal, tmp_path):
     """Stage 3's command on two CPU processes (torchrun, gloo) across the growths: replicas agree."""
     tmp, _, teacher = rehearsal

@@ -38,6 +38,7 @@ def test_repro_mode_reports_every_run_over_seeds(tiny_corpus, tmp_path):
     for name in ("interleaved EQL", "interleaved PROP", "stack_top EQL", "midas EQL", "none"):
         assert re.search(rf"^\| {name} \| \d+ ± \d+ \|", report, flags=re.M), name  # wall: mean ± std of 2 seeds
     assert re.search(r"^\| none \| [\d ±]+ \| 1\.00 ± 0\.00 \|", report, flags=re.M)  # its own reference
+    assert "## Paired against full depth at equal wall clock" in report
     assert "seeds lower" in report and re.search(r"\*\*(holds|does not hold)\*\*", report)
     assert (exp / "dev_loss_vs_wallclock.png").stat().st_size > 0
     for name in ABLATIONS:  # each paired against interleaved EQL of its seed
