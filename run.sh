@@ -27,7 +27,7 @@ corpus_config=conf/corpus/synth.yaml
 teacher_config=hubert_tiny  # conf/teacher/<name>.yaml, for the embedded teacher
 teacher_args=""             # stage 2: more fairseq-hydra-train overrides for the embedded teacher, e.g. "model.encoder_layers=12"
 kmeans_clusters=50          # its k-means targets (MFCC, one iteration)
-preset=tiny                 # conf/distill/<preset>.yaml: tiny, paper, deep_narrow, wide_shallow, distilhubert, dphubert_tiny
+preset=tiny                 # conf/distill/<preset>.yaml: tiny, paper, deep_narrow, wide_shallow, distilhubert, dphubert_tiny, dphubert
 operators=""                # stage 3: growth operators, one run each; empty: the preset's (task.growth.compare)
 distill_args=""             # stage 3: more fairseq-hydra-train overrides, e.g. "optimization.max_update=1000"
 asr_config=conf/asr/tiny_s3prl.yaml  # stage 4: ESPnet ASR config (an S3PRL front end)
@@ -106,24 +106,43 @@ if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
   stage_begin
   if [ -n "${teacher_ckpt}" ]; then
     log "Stage 2: checking the teacher ${teacher_ckpt} -> ${teacher_dir}/teacher.pt"
+    rm -f "${teacher_dir}/.inputs.json"  # teacher.pt is the user's from now on, not one trained here
     python -m local.teacher.install "${teacher_ckpt}" "${teacher_dir}/teacher.pt"
   else
-    log "Stage 2a: MFCC k-means labels for HuBERT pre-training -> ${teacher_dir}/labels"
-    local/teacher/kmeans_labels.sh --manifest-dir "${manifests}" \
-      --train-split "${train_set}" --splits "${train_set} ${valid_set}" \
-      --n-clusters "${kmeans_clusters}" --nj "${nj}" --out-dir "${teacher_dir}/labels"
-    log "Stage 2b: training the teacher with fairseq-hydra-train (conf/teacher/${teacher_config}.yaml)"
-    read -r -a teacher_opts <<< "${teacher_args}"  # split on spaces, never globbed; last, so they win
-    fairseq-hydra-train --config-dir "${MAIN_ROOT}/conf/teacher" --config-name "${teacher_config}" \
-      task.data="${manifests}" task.label_dir="${teacher_dir}/labels" \
-      dataset.train_subset="${train_set}" dataset.valid_subset="${valid_set}" \
-      checkpoint.save_dir="${teacher_dir}/checkpoints" hydra.run.dir="${teacher_dir}/hydra" "${teacher_opts[@]}"
-    python -m local.teacher.install --copy "${teacher_dir}/checkpoints/checkpoint_last.pt" "${teacher_dir}/teacher.pt"
-    log "Stage 2c: masked-prediction accuracy on ${valid_set}, teacher vs random init"
-    ${train_cmd} "${teacher_dir}/log/evaluate.log" python -m local.teacher.evaluate \
-      --checkpoint "${teacher_dir}/teacher.pt" --data "${manifests}" --label-dir "${teacher_dir}/labels" \
-      --split "${valid_set}" --out "${teacher_dir}/accuracy.md"
-    cat "${teacher_dir}/accuracy.md"
+    # What a trained teacher is made from: the data, its config and every override. A finished
+    # teacher of the same key is kept; a directory of other settings is refused, since fairseq
+    # would resume from its checkpoint_last.pt.
+    key=$(python -m local.stamp --file data="${manifests}" --file config="conf/teacher/${teacher_config}.yaml" \
+      --value overrides="kmeans_clusters=${kmeans_clusters} ${teacher_args}")
+    if [ -f "${teacher_dir}/teacher.pt" ] && [ "$(cat "${teacher_dir}/.inputs.json" 2>/dev/null)" = "${key}" ]; then
+      log "Stage 2: ${teacher_dir}/teacher.pt is up to date with its inputs (${teacher_dir}/.inputs.json); kept"
+      cat "${teacher_dir}/accuracy.md" 2>/dev/null || true
+    else
+      if [ -f "${teacher_dir}/.inputs.json" ] && [ "$(cat "${teacher_dir}/.inputs.json")" != "${key}" ]; then
+        log "error: ${teacher_dir} holds a teacher of other settings (the data, conf/teacher/${teacher_config}.yaml," \
+          "--kmeans-clusters or --teacher-args differ from ${teacher_dir}/.inputs.json), which fairseq would" \
+          "resume from; remove ${teacher_dir}, or use another --expdir"
+        exit 1
+      fi
+      mkdir -p "${teacher_dir}"
+      echo "${key}" > "${teacher_dir}/.inputs.json"
+      log "Stage 2a: MFCC k-means labels for HuBERT pre-training -> ${teacher_dir}/labels"
+      local/teacher/kmeans_labels.sh --manifest-dir "${manifests}" \
+        --train-split "${train_set}" --splits "${train_set} ${valid_set}" \
+        --n-clusters "${kmeans_clusters}" --nj "${nj}" --out-dir "${teacher_dir}/labels"
+      log "Stage 2b: training the teacher with fairseq-hydra-train (conf/teacher/${teacher_config}.yaml)"
+      read -r -a teacher_opts <<< "${teacher_args}"  # split on spaces, never globbed; last, so they win
+      fairseq-hydra-train --config-dir "${MAIN_ROOT}/conf/teacher" --config-name "${teacher_config}" \
+        task.data="${manifests}" task.label_dir="${teacher_dir}/labels" \
+        dataset.train_subset="${train_set}" dataset.valid_subset="${valid_set}" \
+        checkpoint.save_dir="${teacher_dir}/checkpoints" hydra.run.dir="${teacher_dir}/hydra" "${teacher_opts[@]}"
+      python -m local.teacher.install --copy "${teacher_dir}/checkpoints/checkpoint_last.pt" "${teacher_dir}/teacher.pt"
+      log "Stage 2c: masked-prediction accuracy on ${valid_set}, teacher vs random init"
+      ${train_cmd} "${teacher_dir}/log/evaluate.log" python -m local.teacher.evaluate \
+        --checkpoint "${teacher_dir}/teacher.pt" --data "${manifests}" --label-dir "${teacher_dir}/labels" \
+        --split "${valid_set}" --out "${teacher_dir}/accuracy.md"
+      cat "${teacher_dir}/accuracy.md"
+    fi
   fi
   stage_end 2
 fi

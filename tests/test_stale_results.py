@@ -110,3 +110,27 @@ def test_superb_recomputes_what_a_change_makes_stale(tiny_corpus, tiny_student, 
 def test_features_run_on_a_gpu_when_asked_and_present():
     assert features.pick_device(0) == torch.device("cpu")
     assert features.pick_device(1).type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+TINY_TEACHER = ("model.encoder_layers=2 model.encoder_embed_dim=64 model.encoder_ffn_embed_dim=128 "
+                "model.encoder_attention_heads=2 model.final_dim=32 "
+                "model.conv_feature_layers='[(32,10,5)]+[(32,3,2)]*4+[(32,2,2)]*2' dataset.max_tokens=64000 "
+                "optimization.max_update=2 lr_scheduler.warmup_updates=1")
+
+
+def test_stage2_keeps_a_finished_teacher_and_refuses_one_of_other_settings(tiny_corpus, tmp_path):
+    """A rerun of stage 2 keeps the teacher it trained; other --teacher-args in the same exp dir are
+    refused instead of resuming the old teacher's checkpoint_last.pt under the new settings."""
+    cmd = ["./run.sh", "--stage", "2", "--stop-stage", "2", "--expdir", str(tmp_path / "exp"),
+           "--datadir", str(tiny_corpus / "data"), "--kmeans-clusters", "8", "--teacher-args", TINY_TEACHER]
+    first = run(cmd)
+    assert "Stage 2b: training the teacher" in first.stdout
+    teacher = tmp_path / "exp/teacher/teacher.pt"
+    made = teacher.read_bytes()
+    again = run(cmd)
+    assert "is up to date with its inputs" in again.stdout and "Stage 2b" not in again.stdout
+    assert teacher.read_bytes() == made
+    other = run([*cmd[:-1], TINY_TEACHER.replace("max_update=2", "max_update=3")], check=False)
+    assert other.returncode != 0
+    assert "holds a teacher of other settings" in other.stdout + other.stderr, other.stdout[-2000:]
+    assert teacher.read_bytes() == made
