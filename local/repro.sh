@@ -88,10 +88,11 @@ fi
 declare -A groups=([eql]="interleaved stack_top midas none|${updates}|" [prop]="interleaved|${updates}|task.growth.schedule=prop")
 group_order="eql prop"
 if [ "${ablations}" = true ]; then
-  group_order+=" abl_fresh abl_fresh_before abl_noise abl_rewarm abl_sum"
+  group_order+=" abl_fresh abl_fresh_before abl_noise abl_noise_big abl_rewarm abl_sum"
   groups+=([abl_fresh]="interleaved|${updates}|task.growth.copy_state=fresh"
            [abl_fresh_before]="interleaved|${updates}|task.growth.copy_state=fresh task.growth.copy_at=before"
            [abl_noise]="interleaved|${updates}|task.growth.copy_noise=0.01"
+           [abl_noise_big]="interleaved|${updates}|task.growth.copy_noise=0.1"
            [abl_rewarm]="interleaved|${updates}|task.growth.rewarmup_updates=$(( updates * 7 / 100 + 1 ))"
            [abl_sum]="interleaved|${updates}|criterion.layer_reduce=sum")
 fi

@@ -35,6 +35,7 @@ REFERENCE, OURS = "none", "interleaved EQL"
 ABLATIONS = {"fresh Adam moments for the copies": "abl_fresh",
              "fresh moments, copy before its source": "abl_fresh_before",
              "noise on the copies (0.01 std)": "abl_noise",
+             "noise on the copies (0.1 std)": "abl_noise_big",
              "lr re-warm-up after each growth": "abl_rewarm",
              "layer terms summed, not averaged": "abl_sum"}
 
