@@ -1,5 +1,5 @@
 """The reproduction mode (local/repro.sh) end to end on the tiny corpus, on a tiny budget: a
-teacher, its layer probe, five student runs, five ablations and a longer budget at two seeds, and
+teacher, its layer probe, five student runs, six ablations and a longer budget at two seeds, and
 the report with its statistics."""
 from __future__ import annotations
 
