@@ -61,6 +61,21 @@ print_stage_times() {
   log "stages ${stage}-${stop_stage}: $((total / 60)) min $((total % 60)) s in all"
 }
 abspath() { realpath -m "$1"; }
+# Stages 2 and 3 key a training directory by what made it (DIR/.inputs.json): a finished result of the
+# same key is kept; a directory of other settings is refused, since fairseq would resume from its
+# checkpoint_last.pt under the new ones.
+# up_to_date DIR KEY RESULT: DIR/RESULT exists and was made from KEY.
+up_to_date() { [ -f "$1/$3" ] && [ "$(cat "$1/.inputs.json" 2>/dev/null)" = "$2" ]; }
+# claim_dir DIR KEY WHAT INPUTS: refuse DIR if it holds WHAT of other settings (INPUTS say which), else key it.
+claim_dir() {
+  if [ -f "$1/.inputs.json" ] && [ "$(cat "$1/.inputs.json")" != "$2" ]; then
+    log "error: $1 holds $3 of other settings ($4 differ from $1/.inputs.json), which fairseq would" \
+      "resume from; remove $1, or use another --expdir"
+    exit 1
+  fi
+  mkdir -p "$1"
+  echo "$2" > "$1/.inputs.json"
+}
 # export_upstream SRC NAME [export options]: SRC exported into ${upstream_dir}/NAME (local/export_upstream.sh)
 export_upstream() { local/export_upstream.sh "$1" "${upstream_dir}/$2" "${@:3}"; }
 
@@ -109,23 +124,15 @@ if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
     rm -f "${teacher_dir}/.inputs.json"  # teacher.pt is the user's from now on, not one trained here
     python -m local.teacher.install "${teacher_ckpt}" "${teacher_dir}/teacher.pt"
   else
-    # What a trained teacher is made from: the data, its config and every override. A finished
-    # teacher of the same key is kept; a directory of other settings is refused, since fairseq
-    # would resume from its checkpoint_last.pt.
+    # What a trained teacher is made from: the data, its config and every override.
     key=$(python -m local.stamp --file data="${manifests}" --file config="conf/teacher/${teacher_config}.yaml" \
       --value overrides="kmeans_clusters=${kmeans_clusters} ${teacher_args}")
-    if [ -f "${teacher_dir}/teacher.pt" ] && [ "$(cat "${teacher_dir}/.inputs.json" 2>/dev/null)" = "${key}" ]; then
+    if up_to_date "${teacher_dir}" "${key}" teacher.pt; then
       log "Stage 2: ${teacher_dir}/teacher.pt is up to date with its inputs (${teacher_dir}/.inputs.json); kept"
       cat "${teacher_dir}/accuracy.md" 2>/dev/null || true
     else
-      if [ -f "${teacher_dir}/.inputs.json" ] && [ "$(cat "${teacher_dir}/.inputs.json")" != "${key}" ]; then
-        log "error: ${teacher_dir} holds a teacher of other settings (the data, conf/teacher/${teacher_config}.yaml," \
-          "--kmeans-clusters or --teacher-args differ from ${teacher_dir}/.inputs.json), which fairseq would" \
-          "resume from; remove ${teacher_dir}, or use another --expdir"
-        exit 1
-      fi
-      mkdir -p "${teacher_dir}"
-      echo "${key}" > "${teacher_dir}/.inputs.json"
+      claim_dir "${teacher_dir}" "${key}" "a teacher" \
+        "the data, conf/teacher/${teacher_config}.yaml, --kmeans-clusters or --teacher-args"
       log "Stage 2a: MFCC k-means labels for HuBERT pre-training -> ${teacher_dir}/labels"
       local/teacher/kmeans_labels.sh --manifest-dir "${manifests}" \
         --train-split "${train_set}" --splits "${train_set} ${valid_set}" \
@@ -167,25 +174,18 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
       checkpoint.save_dir="${dir}/checkpoints" hydra.run.dir="${dir}/hydra" "$@" "${extra_opts[@]}"
   }
   # What a run directory holds: the teacher, the data, the preset and every override (hashed once
-  # here), and its operator. A finished run of the same key is kept as it is (its log and student); a
-  # directory of other settings is refused, since fairseq would resume from its checkpoint_last.pt.
+  # here), and its operator; a finished run of the same key is kept as it is (its log and student).
   inputs=$(python -m local.stamp --file teacher="${teacher_dir}/teacher.pt" --file data="${manifests}" \
     --file preset="conf/distill/${preset}.yaml" --value overrides="${device_opts[*]} ${distill_args}")
   for op in ${operators}; do
     run_dir=${distill_dir}/${op}
     key="${op} ${inputs}"
-    if [ -f "${run_dir}/student.pt" ] && [ "$(cat "${run_dir}/.inputs.json" 2>/dev/null)" = "${key}" ]; then
+    if up_to_date "${run_dir}" "${key}" student.pt; then
       log "Stage 3: ${run_dir} is up to date with its inputs (${run_dir}/.inputs.json); kept"
       continue
     fi
-    if [ -f "${run_dir}/.inputs.json" ] && [ "$(cat "${run_dir}/.inputs.json")" != "${key}" ]; then
-      log "error: ${run_dir} holds a run of other settings (the teacher, data, preset or overrides differ from" \
-        "${run_dir}/.inputs.json), which fairseq would resume from; remove ${run_dir}, or use another --expdir"
-      exit 1
-    fi
+    claim_dir "${run_dir}" "${key}" "a run" "the teacher, data, preset or overrides"
     log "Stage 3: distilling ${teacher_dir}/teacher.pt into conf/distill/${preset}.yaml, growth ${op} -> ${run_dir}"
-    mkdir -p "${run_dir}"
-    echo "${key}" > "${run_dir}/.inputs.json"
     distill "${run_dir}/train.log" "${run_dir}"
     last=${run_dir}/checkpoints/checkpoint_last.pt
     if [ "${prunes}" = true ]; then  # DPHuBERT's second phase: the pruned shape, distilled on without gates

@@ -39,6 +39,17 @@ class GrowthConfigError(ValueError):
     """A growth setting that cannot work; the message says which and why."""
 
 
+def check_settings(operator: str, copy_state: str, copy_at: str, copy_noise: float, rewarmup_updates: int) -> None:
+    """Refuse a growth setting that cannot work before training starts, not at the first growth."""
+    for name, value, allowed in (("operator", operator, OPERATORS), ("copy_state", copy_state, COPY_STATES),
+                                 ("copy_at", copy_at, COPY_AT)):
+        if value not in allowed:
+            raise GrowthConfigError(f"task.growth.{name}={value!r}: choose one of {', '.join(allowed)}")
+    if copy_noise < 0 or rewarmup_updates < 0:
+        raise GrowthConfigError(
+            f"task.growth.copy_noise={copy_noise} and rewarmup_updates={rewarmup_updates} must be >= 0")
+
+
 def interleaved(depth: int, n_new: int) -> list[int]:
     """Copy `n_new` evenly spaced layers (the last of each block of depth/n_new) right after themselves."""
     copied = {((k + 1) * depth) // n_new - 1 for k in range(n_new)}

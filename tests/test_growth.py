@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from fairseq_plugin.criterions.layer_distillation import student_layer_for
-from fairseq_plugin.growth import (GrowthConfigError, Stage, copy_slots, depth_at, grow_order, plan_stages,
+from fairseq_plugin.growth import (GrowthConfigError, Stage, check_settings, copy_slots, depth_at, grow_order, plan_stages,
                                    rewarmup_factor)
 
 
@@ -74,6 +74,19 @@ def test_bad_operator():
         grow_order("sideways", 3, 3)
     with pytest.raises(GrowthConfigError, match="cannot add 4 layers to a 3-layer model"):
         grow_order("interleaved", 3, 4)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (("sideways", "copied", "after", 0.0, 0), "task.growth.operator='sideways': choose one of interleaved"),
+    (("interleaved", "zeroed", "after", 0.0, 0), "task.growth.copy_state='zeroed': choose one of copied, fresh"),
+    (("interleaved", "copied", "middle", 0.0, 0), "task.growth.copy_at='middle': choose one of after, before"),
+    (("interleaved", "copied", "after", -0.1, 0), "copy_noise=-0.1 and rewarmup_updates=0 must be >= 0"),
+    (("interleaved", "copied", "after", 0.0, -5), "rewarmup_updates=-5 must be >= 0"),
+])
+def test_bad_growth_settings_are_refused_by_name(settings, message):
+    with pytest.raises(GrowthConfigError, match=message):
+        check_settings(*settings)
+    check_settings("midas", "fresh", "before", 0.1, 10)  # every good value passes
 
 
 def test_teacher_targets_stay_fixed_while_student_grows():

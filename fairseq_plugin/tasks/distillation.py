@@ -208,16 +208,7 @@ class DistillationTask(AudioPretrainingTask):
             self.start_depth = target
             self.stages = [growth.Stage(0, target)]
         else:
-            if g.operator not in growth.OPERATORS:
-                raise growth.GrowthConfigError(
-                    f"task.growth.operator={g.operator!r}: choose one of {', '.join(growth.OPERATORS)}")
-            if g.copy_state not in growth.COPY_STATES:
-                raise growth.GrowthConfigError(
-                    f"task.growth.copy_state={g.copy_state!r}: choose one of {', '.join(growth.COPY_STATES)}")
-            growth.copy_slots([0], g.copy_at)  # refuses an unknown copy_at now, not at the first growth
-            if g.copy_noise < 0 or g.rewarmup_updates < 0:
-                raise growth.GrowthConfigError(
-                    f"task.growth.copy_noise={g.copy_noise} and rewarmup_updates={g.rewarmup_updates} must be >= 0")
+            growth.check_settings(g.operator, g.copy_state, g.copy_at, g.copy_noise, g.rewarmup_updates)
             self.stages = growth.plan_stages(g.schedule, g.total_updates, g.start_depth, target,
                                              g.layers_per_growth, g.explicit)
             self.start_depth = self.stages[0].depth
