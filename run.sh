@@ -29,6 +29,7 @@ teacher_args=""             # stage 2: more fairseq-hydra-train overrides for th
 kmeans_clusters=50          # its k-means targets (MFCC, one iteration)
 preset=tiny                 # conf/distill/<preset>.yaml: tiny, paper, deep_narrow, wide_shallow, distilhubert, dphubert_tiny, dphubert
 operators=""                # stage 3: growth operators, one run each; empty: the preset's (task.growth.compare)
+extra_presets=""            # stage 3: more students, one run of each preset's own operator (e.g. "dphubert_tiny"), evaluated beside them in stages 4 and 5
 distill_args=""             # stage 3: more fairseq-hydra-train overrides, e.g. "optimization.max_update=1000"
 asr_config=conf/asr/tiny_s3prl.yaml  # stage 4: ESPnet ASR config (an S3PRL front end)
 nbpe=30                     # stage 4: sentencepiece BPE size (LibriSpeech 100 h recipes use 5000)
@@ -82,8 +83,22 @@ export_upstream() { local/export_upstream.sh "$1" "${upstream_dir}/$2" "${@:3}";
 ./local/setup_env.sh
 . ./path.sh
 . ./cmd.sh  # how jobs run: train_cmd, cuda_cmd (local: utils/run.pl; slurm: utils/slurm.pl)
-# The runs of stage 3, named by growth operator; stages 4 and 5 read their students.
+# The runs of stage 3: the preset's, named by growth operator (distill/<operator>), then one per extra
+# preset (distill/<preset>); stages 4 and 5 read their students.
 operators=$(python -m local.distill.runs --preset "${preset}" --operators "${operators}")
+for p in ${extra_presets}; do
+  if [ "${p}" = "${preset}" ] || [[ " ${operators} " == *" ${p} "* ]]; then
+    echo "run.sh: --extra-presets ${p}: already a run of --preset ${preset}; name another preset" >&2
+    exit 1
+  fi
+  python -m local.distill.runs --preset "${p}" --own > /dev/null  # an unknown preset stops here
+done
+students="${operators}${extra_presets:+ ${extra_presets}}"
+# run_preset RUN: the preset a stage-3 run trains; run_operator RUN: its growth operator.
+run_preset() { if [[ " ${extra_presets} " == *" $1 "* ]]; then echo "$1"; else echo "${preset}"; fi; }
+run_operator() {
+  if [[ " ${extra_presets} " == *" $1 "* ]]; then python -m local.distill.runs --preset "$1" --own; else echo "$1"; fi
+}
 
 if [ -n "${librispeech_root}" ]; then
   read -r -a _splits <<< "${librispeech_splits}"
@@ -156,67 +171,72 @@ fi
 
 if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
   stage_begin
-  # Device and batch: the preset's utterances per update on any GPU count (local/distill/batch.py).
-  read -r -a device_opts <<< "$(python -m local.distill.batch --preset "${preset}" --ngpu "${ngpu}")"
   read -r -a extra_opts <<< "${distill_args}"  # split on spaces, never globbed; last, so they win
   if [ "${ngpu}" -gt 0 ]; then job_cmd="${cuda_cmd} --gpu ${ngpu}"; else job_cmd=${train_cmd}; fi
-  prunes=$(python -m local.distill.runs --preset "${preset}" --prunes)
-  # distill <log> <dir> [overrides...]: one fairseq-hydra-train run of the preset with growth ${op} into
-  # <dir>/checkpoints, through job_cmd (cmd.sh: utils/run.pl here or utils/slurm.pl, the output in <log>);
-  # the user's --distill-args come last, so they win.
+  # distill <preset> <op> <log> <dir> [overrides...]: one fairseq-hydra-train run of <preset> with growth <op>
+  # into <dir>/checkpoints, through job_cmd (cmd.sh: utils/run.pl here or utils/slurm.pl, the output in
+  # <log>); the user's --distill-args come last, so they win.
   distill() {
-    local log_file=$1 dir=$2
-    shift 2
+    local run_preset=$1 op=$2 log_file=$3 dir=$4
+    shift 4
     # shellcheck disable=SC2086
-    ${job_cmd} "${log_file}" fairseq-hydra-train --config-dir "${MAIN_ROOT}/conf" --config-name "distill/${preset}" \
+    ${job_cmd} "${log_file}" fairseq-hydra-train --config-dir "${MAIN_ROOT}/conf" --config-name "distill/${run_preset}" \
       task.data="${manifests}" task.teacher_checkpoint="${teacher_dir}/teacher.pt" task.growth.operator="${op}" \
       dataset.train_subset="${train_set}" dataset.valid_subset="${valid_set}" "${device_opts[@]}" \
       checkpoint.save_dir="${dir}/checkpoints" hydra.run.dir="${dir}/hydra" "$@" "${extra_opts[@]}"
   }
-  # What a run directory holds: the teacher, the data, the preset and every override (hashed once
-  # here), and its operator; a finished run of the same key is kept as it is (its log and student).
-  inputs=$(python -m local.stamp --file teacher="${teacher_dir}/teacher.pt" --file data="${manifests}" \
-    --file preset="conf/distill/${preset}.yaml" --value overrides="${device_opts[*]} ${distill_args}")
-  for op in ${operators}; do
-    run_dir=${distill_dir}/${op}
-    key="${op} ${inputs}"
+  for run in ${students}; do
+    run_dir=${distill_dir}/${run}
+    p=$(run_preset "${run}")
+    op=$(run_operator "${run}")
+    # Device and batch: the preset's utterances per update on any GPU count (local/distill/batch.py).
+    read -r -a device_opts <<< "$(python -m local.distill.batch --preset "${p}" --ngpu "${ngpu}")"
+    # What a run directory holds: the teacher, the data, the preset and every override, and its
+    # operator; a finished run of the same key is kept as it is (its log and student).
+    key="${op} $(python -m local.stamp --file teacher="${teacher_dir}/teacher.pt" --file data="${manifests}" \
+      --file preset="conf/distill/${p}.yaml" --value overrides="${device_opts[*]} ${distill_args}")"
     if up_to_date "${run_dir}" "${key}" student.pt; then
       log "Stage 3: ${run_dir} is up to date with its inputs (${run_dir}/.inputs.json); kept"
       continue
     fi
     claim_dir "${run_dir}" "${key}" "a run" "the teacher, data, preset or overrides"
-    log "Stage 3: distilling ${teacher_dir}/teacher.pt into conf/distill/${preset}.yaml, growth ${op} -> ${run_dir}"
-    distill "${run_dir}/train.log" "${run_dir}"
+    log "Stage 3: distilling ${teacher_dir}/teacher.pt into conf/distill/${p}.yaml, growth ${op} -> ${run_dir}"
+    distill "${p}" "${op}" "${run_dir}/train.log" "${run_dir}"
     last=${run_dir}/checkpoints/checkpoint_last.pt
-    if [ "${prunes}" = true ]; then  # DPHuBERT's second phase: the pruned shape, distilled on without gates
+    if [ "$(python -m local.distill.runs --preset "${p}" --prunes)" = true ]; then
+      # DPHuBERT's second phase: the pruned shape, distilled on without gates
       log "Stage 3: materialising the pruned student -> ${run_dir}/pruned.pt; final distillation -> ${run_dir}/final"
       python -m fairseq_plugin.prune "${last}" "${run_dir}/pruned.pt" --final-overrides "${run_dir}/final.overrides" \
         | tee "${run_dir}/pruned.txt"
       mapfile -t final_opts < "${run_dir}/final.overrides"
-      distill "${run_dir}/final.log" "${run_dir}/final" "${final_opts[@]}"
+      distill "${p}" "${op}" "${run_dir}/final.log" "${run_dir}/final" "${final_opts[@]}"
       last=${run_dir}/final/checkpoints/checkpoint_last.pt
     fi
     python -m local.distill.finalize "${last}" "${run_dir}/student.pt"  # last, and atomic: a finished run
   done
   log "Stage 3: comparing the runs -> ${distill_dir}/report.md, ${distill_dir}/loss_vs_wallclock.png"
   # shellcheck disable=SC2086
-  python -m local.distill.report "${distill_dir}" --runs ${operators}
+  python -m local.distill.report "${distill_dir}" --runs ${students}
   stage_end 3
 fi
 if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
   stage_begin
   student_op=${operators%% *}
-  log "Stage 4: ESPnet ASR (${asr_config}) on a frozen teacher, the ${student_op} student and a random-init student"
+  log "Stage 4: ESPnet ASR (${asr_config}) on a frozen teacher, the ${student_op} student${extra_presets:+, the ${extra_presets} student(s)} and a random-init student"
   export_upstream "${teacher_dir}/teacher.pt" teacher
   export_upstream "${distill_dir}/${student_op}/student.pt" "${student_op}"
   export_upstream "${distill_dir}/${student_op}/student.pt" random_init --random-init
-  depth_tags=()
+  more_tags=()
   for d in ${upstream_depths}; do
     export_upstream "${distill_dir}/${student_op}/student.pt" "${student_op}_depth${d}" --depth "${d}"
-    depth_tags+=("${student_op}_depth${d}")
+    more_tags+=("${student_op}_depth${d}")
+  done
+  for p in ${extra_presets}; do
+    export_upstream "${distill_dir}/${p}/student.pt" "${p}"
+    more_tags+=("${p}")
   done
   exps=()
-  for tag in teacher "${student_op}" "${depth_tags[@]}" random_init; do
+  for tag in teacher "${student_op}" "${more_tags[@]}" random_init; do
     local/asr/asr.sh --tag "${tag}" --upstream-dir "${upstream_dir}/${tag}" --config "${asr_config}" --nbpe "${nbpe}" \
       --bpemode "${bpemode}" --inference-config "${inference_config}" \
       --datadir "${datadir}" --train-set "${train_set}" --valid-set "${valid_set}" --test-set "${test_set}" \
@@ -239,9 +259,10 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ] && [ -n "${librispeech_root
   python -m local.superb.s3prl_runner --check "${superb_opts[@]}"
   export_upstream "${teacher_dir}/teacher.pt" teacher
   upstreams=(--upstream "teacher=${upstream_dir}/teacher/s3prl.pt")
-  for op in ${operators}; do
+  for op in ${students}; do
     export_upstream "${distill_dir}/${op}/student.pt" "${op}"
     upstreams+=(--upstream "${op}=${upstream_dir}/${op}/s3prl.pt")
+    [ "$(run_preset "${op}")" = "${preset}" ] || continue  # depth cuts: the preset's own students
     for d in ${upstream_depths}; do
       export_upstream "${distill_dir}/${op}/student.pt" "${op}_depth${d}" --depth "${d}"
       upstreams+=(--upstream "${op}_depth${d}=${upstream_dir}/${op}_depth${d}/s3prl.pt")
@@ -258,9 +279,10 @@ elif [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
   upstreams=()
   export_upstream "${teacher_dir}/teacher.pt" teacher
   names=(teacher)
-  for op in ${operators}; do
+  for op in ${students}; do
     export_upstream "${distill_dir}/${op}/student.pt" "${op}"
     names+=("${op}")
+    [ "$(run_preset "${op}")" = "${preset}" ] || continue  # depth cuts: the preset's own students
     for d in ${upstream_depths}; do
       export_upstream "${distill_dir}/${op}/student.pt" "${op}_depth${d}" --depth "${d}"
       names+=("${op}_depth${d}")

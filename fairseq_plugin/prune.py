@@ -3,7 +3,10 @@ the weights actually sliced, and write it as a student checkpoint of those sizes
 
     python -m fairseq_plugin.prune exp/distill/dphubert/checkpoints/checkpoint_last.pt exp/distill/dphubert/pruned.pt
 
-prints the parameter count against the run's target, and the overrides that rebuild the pruned
+keeps, per gate set, as many units as its expected L0 norm (DPHuBERT's eval mask); where that
+misses the run's target by more than `--size-tolerance` (a short run can stop on a swing of the
+Lagrangian), every set's count is scaled by one common factor until the size meets the target.
+Prints the parameter count against the run's target, and the overrides that rebuild the pruned
 shape (`model.layer_heads`, `model.layer_ffn`, `model.conv_feature_layers`) for the final
 distillation, which starts from the file with fairseq's `checkpoint.finetune_from_model`. The
 file is a `growing_student` checkpoint like any other: `fairseq_plugin.export` writes it as a
@@ -53,11 +56,15 @@ def final_overrides(state: dict, dst: Path) -> list[str]:
     return lines
 
 
-def prune(src: Path, dst: Path, overrides_file: Path | None = None) -> str:
+def prune(src: Path, dst: Path, overrides_file: Path | None = None, size_tolerance: float = 0.02) -> str:
     student, state = gated_student(src)
     reference = student.pruning_reference
     target = round((1 - student.cfg.pruning.target_sparsity) * reference)
     del student.pruning_lagrangian
+    expected = pruning.kept_params(student)
+    scale = pruning.fit_to_target(student, target, size_tolerance)
+    fitted = "" if scale == 1.0 else (f"; the expected sizes ({expected:,} parameters, "
+                                      f"{100 * (expected - target) / target:+.1f} %) scaled by {scale:.3f}")
     sizes = pruning.materialize(student)
     cfg = state["cfg"]["model"]
     for key in ("prune", "init_from_teacher", "conv_feature_layers", "layer_heads", "layer_ffn"):
@@ -72,7 +79,7 @@ def prune(src: Path, dst: Path, overrides_file: Path | None = None) -> str:
         overrides_file.write_text("\n".join(overrides) + "\n")
     count = pruning.unpruned_params(student)
     return (f"{dst}: {count:,} parameters (target {target:,}, {100 * (count - target) / target:+.1f} %; "
-            f"unpruned {reference:,}); heads per layer {sizes['heads']}, FFN {sizes['ffn']}, CNN channels "
+            f"unpruned {reference:,}{fitted}); heads per layer {sizes['heads']}, FFN {sizes['ffn']}, CNN channels "
             f"{sizes['conv']}\nfinal distillation from it: " + " ".join(shlex.quote(o) for o in overrides))
 
 
@@ -81,9 +88,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("src", type=Path, help="the pruning run's checkpoint_last.pt")
     parser.add_argument("dst", type=Path, help="where the pruned student goes")
     parser.add_argument("--final-overrides", type=Path, help="write the final distillation's overrides here, one per line")
+    parser.add_argument("--size-tolerance", type=float, default=0.02,
+                        help="the share by which the expected size may miss the target before it is scaled to it")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.size_tolerance < 1.0:
+        parser.error(f"--size-tolerance {args.size_tolerance}: a share in [0, 1)")
     try:
-        print(prune(args.src, args.dst, args.final_overrides))
+        print(prune(args.src, args.dst, args.final_overrides, args.size_tolerance))
     except CheckpointError as exc:
         sys.exit(f"error: {exc}")
 

@@ -64,6 +64,7 @@ class HardConcreteGate(torch.nn.Module):
         self.n = n
         self.log_alpha = torch.nn.Parameter(torch.empty(n).normal_(math.log((1 - init_mean) / init_mean), 0.01))
         self.mask = torch.ones(n)
+        self.keep_scale = 1.0  # the eval mask keeps keep_scale x L0 units (`fit_to_target`); not saved
 
     def l0_norm(self) -> torch.Tensor:
         """Expected number of non-zero gates: P(gate > 0) summed over the units."""
@@ -82,7 +83,7 @@ class HardConcreteGate(torch.nn.Module):
     def deterministic_mask(self) -> torch.Tensor:
         """Eval: as many zeros as the expected L0 leaves out (the smallest gates); the rest keep a soft value."""
         soft = torch.sigmoid(self.log_alpha / BETA * 0.8)
-        zeros = round(self.n - float(self.l0_norm()))
+        zeros = min(self.n, round(self.n - self.keep_scale * float(self.l0_norm())))
         if zeros > 0:
             soft[torch.topk(soft, k=zeros, largest=False).indices] = 0.0
         return soft
@@ -163,6 +164,39 @@ def expected_params(student) -> torch.Tensor:
     """The gated student's expected parameter count (distillation heads excluded), differentiable
     in log_alpha: each structure's count with its units replaced by their expected L0 norm. With
     hard gates it is the materialised model's exact count."""
+    return _params(student, lambda gate: gate.l0_norm())
+
+
+def kept_params(student) -> int:
+    """The count `materialize` will leave: each structure with the units its eval mask keeps."""
+    return round(float(_params(student, lambda gate: (gate.deterministic_mask() > 0).sum().float())))
+
+
+def fit_to_target(student, target: int, tolerance: float) -> float:
+    """Scale every gate set's kept units by one common factor (their expected L0 norms, DPHuBERT's
+    eval mask, times the factor), when that mask misses `target` parameters by more than
+    `tolerance` (a share): the Lagrangian holds the expected size near the target, but a short run
+    can stop on a swing of it. Keeps the sets' sizes relative to each other; returns the factor."""
+    gates = list(student.pruning_gates.values())
+
+    def count_at(scale: float) -> int:
+        for gate in gates:
+            gate.keep_scale = scale
+        return kept_params(student)
+
+    if abs(count_at(1.0) - target) <= tolerance * target:
+        return 1.0
+    low, high = 0.0, max(gate.n / max(float(gate.l0_norm()), 1e-6) for gate in gates)  # nothing kept .. all
+    for _ in range(50):  # the count grows with the factor: bisect for the one nearest the target
+        mid = (low + high) / 2
+        low, high = (mid, high) if count_at(mid) <= target else (low, mid)
+    scale = min((low, high), key=lambda s: abs(count_at(s) - target))
+    count_at(scale)
+    return scale
+
+
+def _params(student, units) -> torch.Tensor:
+    """The student's parameter count with each gated structure's units counted by `units(gate)`."""
     gates = student.pruning_gates
     total = torch.zeros((), device=next(iter(gates.values())).log_alpha.device)
     fixed = unpruned_params(student)
@@ -171,18 +205,17 @@ def expected_params(student) -> torch.Tensor:
         attn = layer.self_attn
         if f"heads_{i}" in gates:
             fixed -= _attention_params(dim, attn.num_heads, attn.head_dim)
-            total = total + _attention_params(dim, gates[f"heads_{i}"].l0_norm(), attn.head_dim)
+            total = total + _attention_params(dim, units(gates[f"heads_{i}"]), attn.head_dim)
         if f"ffn_{i}" in gates:
-            units = layer.fc1.out_features
-            fixed -= _ffn_params(dim, units)
-            total = total + _ffn_params(dim, gates[f"ffn_{i}"].l0_norm())
+            fixed -= _ffn_params(dim, layer.fc1.out_features)
+            total = total + _ffn_params(dim, units(gates[f"ffn_{i}"]))
     if "conv_0" in gates:
         convs = student.feature_extractor.conv_layers
         channels_in = torch.ones((), device=total.device)
         for i, block in enumerate(convs):
             conv = _conv(block)
             fixed -= _live_params(block)
-            out = gates[f"conv_{i}"].l0_norm() if f"conv_{i}" in gates else torch.tensor(float(conv.out_channels))
+            out = units(gates[f"conv_{i}"]) if f"conv_{i}" in gates else torch.tensor(float(conv.out_channels))
             norm_params = sum(p.numel() for m in block if not isinstance(m, torch.nn.Conv1d) for p in m.parameters())
             per_channel = norm_params / conv.out_channels  # an affine GroupNorm: 2 per channel
             total = total + channels_in * out * conv.kernel_size[0] + out * (per_channel + (conv.bias is not None))

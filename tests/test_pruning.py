@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shlex
+import shutil
 import sys
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 from fairseq_plugin import pruning
 from fairseq_plugin.checkpoints import CheckpointError
 from fairseq_plugin.encoder_outputs import layer_outputs
-from fairseq_plugin.export import to_fairseq_hubert
+from fairseq_plugin.export import load_student, to_fairseq_hubert
 from fairseq_plugin.models.student import GrowingStudent, StudentConfig
 from fairseq_plugin.pruning import HardConcreteGate, PruningConfig
 from tests.conftest import REPO, assert_same_weights, run
@@ -98,6 +99,33 @@ def test_materialising_changes_no_output():
     assert pruning.conv_spec_of(model).startswith(f"[({sizes['conv'][0]},10,5)")
 
 
+def test_a_pruned_size_off_the_target_is_scaled_to_it():
+    """When the expected sizes miss the target by more than the tolerance (a run stopped on a swing
+    of the Lagrangian), every gate set keeps one common share more or fewer units: the materialised
+    size meets the target, and materialising still changes no output."""
+    model = student()
+    gates = pruning.attach_gates(model, PruningConfig())
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for gate in gates.values():
+            gate.log_alpha.copy_(torch.randn(gate.n) * 3)
+    kept = {name: int((g.deterministic_mask() > 0).sum()) for name, g in gates.items()}
+    count = pruning.kept_params(model)
+    assert pruning.fit_to_target(model, round(count * 1.015), tolerance=0.02) == 1.0  # near enough: as it is
+    target = round(count * 0.85)
+    scale = pruning.fit_to_target(model, target, tolerance=0.02)
+    assert scale < 1.0
+    fitted = {name: int((g.deterministic_mask() > 0).sum()) for name, g in gates.items()}
+    assert all(fitted[k] <= kept[k] for k in kept) and sum(fitted.values()) < sum(kept.values())
+    source = torch.randn(2, 8000)
+    before = layer_outputs_of(model, source)
+    sizes = pruning.materialize(model)
+    assert abs(pruning.unpruned_params(model) - target) <= 0.01 * target
+    assert sizes["heads"] == [fitted[f"heads_{i}"] for i in range(3)]
+    for a, b in zip(before, layer_outputs_of(model, source)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_lagrangian_drives_a_toy_run_to_the_target_sparsity():
     """Gates pulled towards keeping everything (a stand-in for the distillation loss) against the
     Lagrangian: the expected sparsity settles at the target."""
@@ -177,7 +205,7 @@ def test_a_pruning_run_trains_its_gates_and_resumes_exactly(tiny_corpus, tiny_te
     final = (tmp_path / "final.overrides").read_text().splitlines()  # as run.sh's mapfile reads them
     assert shlex.split(proc.stdout.split("final distillation from it: ")[1]) == final  # the printed line, for a shell
     assert "optimization.max_update=3" in final  # half the first phase's 6
-    run(prune_cmd(tiny_corpus, tiny_teacher, tmp_path / "final", *final))
+    final_run = run(prune_cmd(tiny_corpus, tiny_teacher, tmp_path / "final", *final))
     pruned = load(tmp_path / "pruned.pt")
     tuned = load(tmp_path / "final/checkpoints/checkpoint_last.pt")
     assert tuned["optimizer_history"][-1]["num_updates"] == 3
@@ -187,6 +215,29 @@ def test_a_pruning_run_trains_its_gates_and_resumes_exactly(tiny_corpus, tiny_te
     run([sys.executable, "-m", "fairseq_plugin.export", str(tmp_path / "final/checkpoints/checkpoint_last.pt"),
          str(tmp_path / "export")])
     assert (tmp_path / "export/hubert.pt").is_file()
+
+    # Side by side (local.distill.compare, as stage 3 lays runs out): the pruned student is measured at
+    # its own size, not its padded export's, against its gated copy of the teacher's shape.
+    exp = tmp_path / "exp"
+    for name, ckpt, logs in (("gated", "straight", {"train.log": log}),
+                             ("pruned", "final", {"train.log": log, "final.log": final_run.stdout + final_run.stderr})):
+        (exp / "distill" / name).mkdir(parents=True)
+        shutil.copy(tmp_path / ckpt / "checkpoints/checkpoint_last.pt", exp / "distill" / name / "student.pt")
+        for file_name, text in logs.items():
+            (exp / "distill" / name / file_name).write_text(text)
+    table = run([sys.executable, "-m", "local.distill.compare", str(exp), "--runs", "gated", "pruned",
+                 "--data", str(tiny_corpus / "data/test")]).stdout
+    rows = {r[0]: r[1:] for r in (line.strip("|").split(" | ") for line in table.splitlines()[2:])}
+    count = {name: int(row[0].replace(",", "")) for name, row in rows.items()}
+    macs = {name: float(row[1].split()[0]) for name, row in rows.items()}
+    wall = {name: float(row[3].split()[0]) for name, row in rows.items()}
+    materialised = load_student(tmp_path / "final/checkpoints/checkpoint_last.pt")
+    assert count["pruned"] == sum(p.numel() for k, p in materialised.named_parameters() if not k.startswith("heads."))
+    assert count["pruned"] < count["gated"] and macs["pruned"] < macs["gated"]
+    assert wall["pruned"] > wall["gated"] > 0  # the gated run's wall, plus the final run's
+    assert all(float(row[2]) > 0 for row in rows.values())  # a real-time factor each
+    assert rows["pruned"][4:] == ["-"] * 6  # stages 4 and 5 have not run
+    assert (exp / "distill/compare.md").read_text() == table
 
 
 def test_a_student_of_another_shape_cannot_start_as_the_teachers_copy(tiny_corpus, tiny_teacher, tmp_path):

@@ -99,3 +99,24 @@ def test_run_sh_distils_a_preset_that_does_not_grow_once(tiny_corpus, tiny_teach
     assert other.returncode != 0
     assert "holds a run of other settings" in other.stdout + other.stderr
     assert (distill_dir / "none/train.log").read_text() == log
+
+    # Another preset beside it (--extra-presets): one run of its own operator in distill/<preset>,
+    # keyed by its own preset file; the finished run of the main preset is kept.
+    extra = run([*cmd, "--extra-presets", "wide_shallow"])
+    assert "none is up to date with its inputs" in extra.stdout
+    assert (distill_dir / "wide_shallow/student.pt").exists()
+    wide = torch.load(distill_dir / "wide_shallow/checkpoints/checkpoint_last.pt", weights_only=False)
+    assert wide["cfg"]["model"]["encoder_layers"] == 3 and wide["cfg"]["task"]["growth"]["operator"] == "none"
+    assert (distill_dir / "wide_shallow/.inputs.json").read_text() != (distill_dir / "none/.inputs.json").read_text()
+    assert "wide_shallow" in (distill_dir / "report.md").read_text()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("tiny", "--extra-presets tiny: already a run of --preset tiny"),
+    ("midas", "--extra-presets midas: already a run of --preset tiny"),
+    ("tyni", "conf/distill/tyni.yaml: no such preset"),
+])
+def test_extra_presets_that_cannot_run_beside_the_preset_are_refused(extra, message):
+    proc = run(["./run.sh", "--stage", "9", "--stop-stage", "9", "--preset", "tiny", "--extra-presets", extra],
+               check=False)
+    assert proc.returncode != 0 and message in proc.stdout + proc.stderr

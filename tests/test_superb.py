@@ -84,13 +84,15 @@ def test_padded_bilstm_is_the_packed_bilstm():
 
 
 def test_run_sh_stage_5_scores_the_students_at_chosen_depths(tiny_corpus, tiny_teacher, tiny_student, tmp_path):
-    """`./run.sh --stage 5 --upstream-depths "2 4"`: each student is also exported cut to those
-    depths (`export --depth`) and scored beside the full one."""
+    """`./run.sh --stage 5 --upstream-depths "2 4"`: each student of the preset is also exported cut
+    to those depths (`export --depth`) and scored beside the full one; the student of an
+    `--extra-presets` run is scored whole, beside them."""
     exp = tmp_path / "exp"
     (exp / "teacher").mkdir(parents=True)
-    (exp / "distill/interleaved").mkdir(parents=True)
     shutil.copy(tiny_teacher, exp / "teacher/teacher.pt")
-    shutil.copy(tiny_student, exp / "distill/interleaved/student.pt")
+    for run_name in ("interleaved", "deep_narrow"):
+        (exp / "distill" / run_name).mkdir(parents=True)
+        shutil.copy(tiny_student, exp / "distill" / run_name / "student.pt")
     cfg = yaml.safe_load((REPO / "conf/superb/mini.yaml").read_text())
     cfg["seeds"] = [0]
     for task in cfg["tasks"].values():
@@ -98,9 +100,10 @@ def test_run_sh_stage_5_scores_the_students_at_chosen_depths(tiny_corpus, tiny_t
     (tmp_path / "mini.yaml").write_text(yaml.safe_dump(cfg))
     proc = run(["./run.sh", "--stage", "5", "--stop-stage", "5", "--operators", "interleaved", "--expdir", str(exp),
                 "--datadir", str(tiny_corpus / "data"), "--superb-config", str(tmp_path / "mini.yaml"),
-                "--upstream-depths", "2 4"])
+                "--upstream-depths", "2 4", "--extra-presets", "deep_narrow"])
     rows = [r[0] for r in csv.reader((exp / "superb/results.csv").open())][1:]
-    assert rows == ["teacher", "interleaved", "interleaved_depth2", "interleaved_depth4", "random_init", "chance"]
+    assert rows == ["teacher", "interleaved", "interleaved_depth2", "interleaved_depth4", "deep_narrow", "random_init",
+                    "chance"]
     for depth in (2, 4):
         (model,), _, _ = checkpoint_utils.load_model_ensemble_and_task(
             [str(exp / f"upstreams/interleaved_depth{depth}/hubert.pt")])

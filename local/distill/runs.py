@@ -4,9 +4,12 @@
     python -m local.distill.runs --preset distilhubert                     # none
     python -m local.distill.runs --preset tiny --operators "interleaved none"
     python -m local.distill.runs --preset dphubert_tiny --prunes          # true: stage 3 prunes, then distils on
+    python -m local.distill.runs --preset tiny --own                      # interleaved: its one operator
 
 With no --operators, the preset's own: `task.growth.compare`, else `task.growth.operator`. A
 student no deeper than growth's start depth cannot grow, and growth asked of it is refused.
+`--own` prints `task.growth.operator` alone: the one run of a preset that run.sh's
+`--extra-presets` trains beside the main preset's runs.
 """
 from __future__ import annotations
 
@@ -34,10 +37,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", required=True, help="a name in conf/distill")
     parser.add_argument("--operators", default="", help="growth operators, space-separated; empty: the preset's")
     parser.add_argument("--prunes", action="store_true", help="print true if the preset prunes (model.prune), else false")
+    parser.add_argument("--own", action="store_true", help="print the preset's own operator (task.growth.operator)")
     args = parser.parse_args(argv)
     try:
         if args.prunes:
             print("true" if preset.load(args.preset)["model"].get("prune") else "false")
+            return
+        if args.own:
+            print(preset.load(args.preset)["task"]["growth"]["operator"])
             return
         print(" ".join(runs(args.preset, args.operators.split())))
     except preset.PresetError as exc:
