@@ -13,11 +13,13 @@
 #   3 what each of its layers encodes: phone error rate and speaker accuracy per layer
 #     (local/superb/layer_probe.py)
 #   4 students of the `tiny` preset at each seed: interleaved, stack_top, midas and none with the
-#     EQL schedule (run.sh stage 3), and interleaved with PROP; with --ablations true, interleaved
+#     EQL schedule (run.sh stage 3), and interleaved with PROP; with --ablations all, interleaved
 #     EQL with one change each (fresh Adam moments for the copies, after or before their source;
-#     noise on the copies; a learning-rate re-warm-up after each growth; the layer terms summed);
-#     for each of --budgets, interleaved and none again at that many updates (does the gap close
-#     with a longer run?). The teacher's targets are cached on disk, once per seed, for all of them
+#     noise on the copies; a learning-rate re-warm-up after each growth; the layer terms summed;
+#     --ablations names a subset);
+#     for each of --budgets, --budget-operators (interleaved and none) again at that many updates
+#     (does the gap close, does the operators' order change with a longer run?). The teacher's
+#     targets are cached on disk, once per seed, for all of them
 #   5 the report: <expdir>/report.md (mean +- std over seeds, paired differences, time to quality)
 set -euo pipefail
 
@@ -27,8 +29,9 @@ expdir=exp/repro
 datadir=data
 seeds="1 2 3"
 updates=600            # student updates per run
-budgets="2400"         # longer runs of interleaved and none ("" for none)
-ablations=true         # interleaved EQL with one change each
+budgets="2400"         # longer runs of --budget-operators ("" for none)
+budget_operators="interleaved none"   # the operators run at each longer budget, e.g. "interleaved stack_top midas none"
+ablations=all          # interleaved EQL with one change each: all, "" (none), or some of "fresh fresh_before noise noise_big rewarm sum"
 teacher_updates=2000   # teacher pre-training updates
 teacher_layers=12
 preset=tiny
@@ -87,17 +90,24 @@ fi
 # ${expdir}/<group>_seed<k>/distill/<operator> (local/repro_report.py reads them by these names).
 declare -A groups=([eql]="interleaved stack_top midas none|${updates}|" [prop]="interleaved|${updates}|task.growth.schedule=prop")
 group_order="eql prop"
-if [ "${ablations}" = true ]; then
-  group_order+=" abl_fresh abl_fresh_before abl_noise abl_noise_big abl_rewarm abl_sum"
-  groups+=([abl_fresh]="interleaved|${updates}|task.growth.copy_state=fresh"
-           [abl_fresh_before]="interleaved|${updates}|task.growth.copy_state=fresh task.growth.copy_at=before"
-           [abl_noise]="interleaved|${updates}|task.growth.copy_noise=0.01"
-           [abl_noise_big]="interleaved|${updates}|task.growth.copy_noise=0.1"
-           [abl_rewarm]="interleaved|${updates}|task.growth.rewarmup_updates=$(( updates * 7 / 100 + 1 ))"
-           [abl_sum]="interleaved|${updates}|criterion.layer_reduce=sum")
-fi
+declare -A ablation_groups=([fresh]="interleaved|${updates}|task.growth.copy_state=fresh"
+  [fresh_before]="interleaved|${updates}|task.growth.copy_state=fresh task.growth.copy_at=before"
+  [noise]="interleaved|${updates}|task.growth.copy_noise=0.01"
+  [noise_big]="interleaved|${updates}|task.growth.copy_noise=0.1"
+  [rewarm]="interleaved|${updates}|task.growth.rewarmup_updates=$(( updates * 7 / 100 + 1 ))"
+  [sum]="interleaved|${updates}|criterion.layer_reduce=sum")
+all_ablations="fresh fresh_before noise noise_big rewarm sum"
+case "${ablations}" in
+  all|true) ablations=${all_ablations} ;;
+  false) ablations="" ;;
+esac
+for a in ${ablations}; do
+  [ -n "${ablation_groups[${a}]+set}" ] || { log "error: --ablations ${a}: all, \"\", or some of ${all_ablations}"; exit 1; }
+  groups+=([abl_${a}]="${ablation_groups[${a}]}")
+  group_order+=" abl_${a}"
+done
 for u in ${budgets}; do
-  groups+=([budget${u}]="interleaved none|${u}|")
+  groups+=([budget${u}]="${budget_operators}|${u}|")
   group_order+=" budget${u}"
 done
 if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then

@@ -15,7 +15,8 @@ probe, and writes `<exp>/report.md` and `<exp>/dev_loss_vs_wallclock.png`:
 - the ablations of interleaved EQL (`<exp>/abl_*_seed<k>`), each paired against interleaved EQL;
 - with --budgets, interleaved against none at each longer budget (`<exp>/budget<U>_seed<k>`): does
   the gap close as the run gets longer? With `<exp>/dev_loss_vs_updates.png`, the curves of the
-  longest budget with its growths marked.
+  longest budget with its growths marked; where the longer budgets ran stack_top and MIDAS too
+  (repro.sh --budget-operators), every operator's dev loss at each budget and their order.
 """
 from __future__ import annotations
 
@@ -110,6 +111,31 @@ def budgets(exp: Path, seeds: list[int], runs: dict[str, dict[int, Run]], longer
     plot_updates({"interleaved EQL": ours, "none": none}, exp / "dev_loss_vs_updates.png")
     return [*lines, "", f"Curves of the {max(by_budget)}-update runs: `dev_loss_vs_updates.png` "
                         "(growths marked by dotted lines).", ""]
+
+
+OPERATORS = ["none", "interleaved", "stack_top", "midas"]
+
+
+def operators_by_budget(exp: Path, seeds: list[int], runs: dict[str, dict[int, Run]], longer: list[int]) -> list[str]:
+    """Every EQL operator's dev loss at the main budget and at each longer one, over the seeds whose
+    longer budgets ran all four; nothing when they ran only interleaved and none."""
+    seeds = [s for s in seeds if all((exp / f"budget{u}_seed{s}/distill/{op}/train.log").is_file()
+                                     for u in longer for op in OPERATORS)]
+    if not longer or not seeds:
+        return []
+    main = {op: {s: runs[name][s] for s in seeds} for op, name in
+            zip(OPERATORS, (REFERENCE, OURS, "stack_top EQL", "midas EQL"))}
+    by_budget = {int(runs[OURS][seeds[0]].train[-1]["num_updates"]): main}
+    for u in longer:
+        by_budget[u] = load(exp, seeds, {op: (f"budget{u}", op) for op in OPERATORS})
+    lines = [f"## The operators' order as the run gets longer (EQL; seeds {', '.join(map(str, seeds))})", "",
+             "| updates | " + " | ".join(f"{op} dev loss" for op in OPERATORS) + " | order, mean dev loss |",
+             "|---|" + "---|" * (len(OPERATORS) + 1)]
+    for u, by_op in sorted(by_budget.items()):
+        means = {op: statistics.mean(dev_losses(by_op[op])) for op in OPERATORS}
+        lines.append(f"| {u} | " + " | ".join(mean_std(dev_losses(by_op[op]), 4) for op in OPERATORS) + " | "
+                     + " < ".join(sorted(OPERATORS, key=means.get)) + " |")
+    return [*lines, ""]
 
 
 def time_to_quality(run: Run, target: float) -> float:
@@ -248,7 +274,8 @@ def report(exp: Path, seeds: list[int], longer: list[int] = ()) -> str:
     lines += ["", "## Paired against full depth", "", *paired(metrics, REFERENCE),
               "", "## Paired against full depth at equal wall clock", "", *paired_equal_time(metrics),
               "", "## Paired against interleaved (EQL)", "", *paired(metrics, OURS), "", verdict(metrics), "",
-              *ablations(exp, seeds, runs), *budgets(exp, seeds, runs, list(longer))]
+              *ablations(exp, seeds, runs), *budgets(exp, seeds, runs, list(longer)),
+              *operators_by_budget(exp, seeds, runs, list(longer))]
     text = "\n".join(lines)
     atomic_write_text(exp / "report.md", text)
     plot(runs, exp / "dev_loss_vs_wallclock.png")

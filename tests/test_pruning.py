@@ -227,7 +227,7 @@ def test_a_pruning_run_trains_its_gates_and_resumes_exactly(tiny_corpus, tiny_te
             (exp / "distill" / name / file_name).write_text(text)
     table = run([sys.executable, "-m", "local.distill.compare", str(exp), "--runs", "gated", "pruned",
                  "--data", str(tiny_corpus / "data/test")]).stdout
-    rows = {r[0]: r[1:] for r in (line.strip("|").split(" | ") for line in table.splitlines()[2:])}
+    rows = {r[0]: r[1:] for r in (line.strip("| ").split(" | ") for line in table.splitlines()[2:])}
     count = {name: int(row[0].replace(",", "")) for name, row in rows.items()}
     macs = {name: float(row[1].split()[0]) for name, row in rows.items()}
     wall = {name: float(row[3].split()[0]) for name, row in rows.items()}
@@ -238,6 +238,10 @@ def test_a_pruning_run_trains_its_gates_and_resumes_exactly(tiny_corpus, tiny_te
     assert all(float(row[2]) > 0 for row in rows.values())  # a real-time factor each
     assert rows["pruned"][4:] == ["-"] * 6  # stages 4 and 5 have not run
     assert (exp / "distill/compare.md").read_text() == table
+    # stage 3's report reads the pruned student as one run: the gated updates, then the final ones
+    report = run([sys.executable, "-m", "local.distill.report", str(exp / "distill"), "--runs", "gated", "pruned"]).stdout
+    updates = {line.split(" | ")[0].strip("| "): int(line.split(" | ")[1]) for line in report.splitlines()[2:]}
+    assert updates == {"gated": 6, "pruned": 9}
 
 
 def test_a_student_of_another_shape_cannot_start_as_the_teachers_copy(tiny_corpus, tiny_teacher, tmp_path):

@@ -1,6 +1,6 @@
 """The reproduction mode (local/repro.sh) end to end on the tiny corpus, on a tiny budget: a
-teacher, its layer probe, five student runs, six ablations and a longer budget at two seeds, and
-the report with its statistics."""
+teacher, its layer probe, five student runs, two of the ablations and every operator at a longer
+budget at two seeds, and the report with its statistics."""
 from __future__ import annotations
 
 import re
@@ -28,7 +28,8 @@ def test_repro_mode_reports_every_run_over_seeds(tiny_corpus, tmp_path):
     # the CNN is the teacher's (the preset shares it); the rest as every test student
     student = " ".join(o for o in TEST_STUDENT if not o.startswith(("common.log_interval", "lr_scheduler", "model.conv")))
     proc = run(["bash", "local/repro.sh", "--expdir", str(tmp_path / "repro"), "--datadir", str(data),
-                "--seeds", "1 2", "--updates", "6", "--budgets", "8", "--ablations", "true", "--teacher-updates", "4", "--teacher-layers", "3",
+                "--seeds", "1 2", "--updates", "6", "--budgets", "8", "--budget-operators", "interleaved stack_top midas none",
+                "--ablations", "rewarm sum", "--teacher-updates", "4", "--teacher-layers", "3",
                 "--kmeans-clusters", "8", "--teacher-args", TINY_TEACHER, "--superb-config", str(tmp_path / "probe.yaml"),
                 "--distill-args", f"{student} model.encoder_layers=6 common.log_interval=1"])
     exp = tmp_path / "repro"
@@ -41,14 +42,18 @@ def test_repro_mode_reports_every_run_over_seeds(tiny_corpus, tmp_path):
     assert "## Paired against full depth at equal wall clock" in report
     assert "seeds lower" in report and re.search(r"\*\*(holds|does not hold)\*\*", report)
     assert (exp / "dev_loss_vs_wallclock.png").stat().st_size > 0
-    for name in ABLATIONS:  # each paired against interleaved EQL of its seed
-        assert re.search(rf"^\| {re.escape(name)} \| [\d.]+ ± [\d.]+ \| [-+\d.]+, [-+\d.]+ \|", report, flags=re.M), name
+    for name, group in ABLATIONS.items():  # each asked for paired against interleaved EQL of its seed; no other
+        asked = group in ("abl_rewarm", "abl_sum")
+        row = re.search(rf"^\| {re.escape(name)} \| [\d.]+ ± [\d.]+ \| [-+\d.]+, [-+\d.]+ \|", report, flags=re.M)
+        assert bool(row) == asked, name
     assert re.search(r"^\| 6 \| .*\n\| 8 \| ", report, flags=re.M)  # the gap at 6 updates, then at 8
+    # every operator at both budgets, in an order
+    assert len(re.findall(r"^\| (6|8) \|( [\d.]+ ± [\d.]+ \|){4} \w+ < \w+ < \w+ < \w+ \|$", report, flags=re.M)) == 2
     assert (exp / "dev_loss_vs_updates.png").stat().st_size > 0
     assert "lr_scale=" in (exp / "abl_rewarm_seed1" / "distill" / "interleaved" / "train.log").read_text()
     # The teacher's targets were filled before the runs: every run found them all on disk.
     logs = list(exp.glob("*_seed*/distill/*/train.log"))
-    assert len(logs) == 2 * (5 + len(ABLATIONS) + 2)
+    assert len(logs) == 2 * (5 + 2 + 4)  # the main runs, two ablations, four operators at the longer budget
     for log in logs:
         assert re.search(r"teacher targets for train cached in \S+ \(100% filled\)", log.read_text()), log
     # PROP's schedule reached the interleaved run of its own group

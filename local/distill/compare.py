@@ -29,7 +29,7 @@ from local.asr.report import decode_dir
 from local.asr.score import sum_avg
 from local.data.audio import SAMPLE_RATE, read_audio
 from local.data.kaldi import read_table
-from local.distill.report import parse_log
+from local.distill.report import parse_run
 from local.superb.report import mean_std
 
 SUPERB_COLUMNS = [("pr", "PR PER"), ("asr", "ASR WER"), ("sf_f1", "SF F1"), ("ks", "KS acc"), ("sid", "SID acc")]
@@ -39,8 +39,9 @@ def parameters(student: torch.nn.Module) -> int:
     return sum(p.numel() for name, p in student.named_parameters() if not name.startswith("heads."))
 
 
-@torch.no_grad()
 def macs_per_second(student: torch.nn.Module, seconds: float = 10.0) -> float:
+    # with autograd on: the counter's module tracker hooks every output that requires grad, and a
+    # pruning gate's mask makes some that would have no grad function under no_grad
     with FlopCounterMode(display=False) as counter:
         student(torch.zeros(1, int(seconds * SAMPLE_RATE)))
     return counter.get_total_flops() / 2 / seconds
@@ -61,11 +62,6 @@ def real_time_factor(student: torch.nn.Module, data_dir: Path, limit: int = 50, 
         passes.append(time.perf_counter() - start)
     torch.set_num_threads(threads)
     return min(passes[1:]) / (sum(w.shape[1] for w in wavs) / SAMPLE_RATE)
-
-
-def training_wall(run_dir: Path) -> float:
-    logs = [run_dir / "train.log"] + ([run_dir / "final.log"] if (run_dir / "final.log").is_file() else [])
-    return sum(parse_log(run_dir.name, log).wall for log in logs)
 
 
 def espnet_wer(exp: Path, run: str, inference: str, test_set: str) -> str:
@@ -91,7 +87,7 @@ def compare(exp: Path, runs: list[str], data: Path, inference: str = "decode_ctc
         run_dir = exp / "distill" / run
         student = load_student(run_dir / "student.pt")
         lines.append(f"| {run} | {parameters(student):,} | {macs_per_second(student) / 1e9:.3f} G | "
-                     f"{real_time_factor(student, data):.4f} | {training_wall(run_dir):.0f} s | "
+                     f"{real_time_factor(student, data):.4f} | {parse_run(run_dir).wall:.0f} s | "
                      f"{espnet_wer(exp, run, inference, test_set)} | " + " | ".join(superb_scores(exp, run)) + " |")
     table = "\n".join(lines) + "\n"
     atomic_write_text(exp / "distill" / "compare.md", table)

@@ -2,7 +2,8 @@
 
     python -m local.distill.report exp/distill --runs interleaved stack_top midas none
 
-Reads `<exp>/<run>/train.log` (fairseq's console log) and writes `<exp>/report.md` and
+Reads `<exp>/<run>/train.log` (fairseq's console log; a pruned student's `final.log` after it:
+`parse_run`) and writes `<exp>/report.md` and
 `<exp>/loss_vs_wallclock.png`: training wall-clock, final dev loss per teacher target, mean
 training loss over the last 10 % of updates, the loss just before and after each growth, and
 the speed-up against the run named `none` (full depth from the start).
@@ -56,6 +57,21 @@ def parse_log(name: str, path: Path) -> Run:
     return run
 
 
+def parse_run(run_dir: Path) -> Run:
+    """A stage-3 run: its train.log, and for a pruned student its final distillation (`final.log`)
+    after it, as one run: the updates and wall clock go on from the gated run's, and the last
+    validation is the final run's, the student that stage 3 installs."""
+    run = parse_log(run_dir.name, run_dir / "train.log")
+    final_log = run_dir / "final.log"
+    if final_log.is_file():
+        final = parse_log(run_dir.name, final_log)
+        wall, updates = run.wall, run.train[-1]["num_updates"]
+        run.train += [{**r, "wall": r["wall"] + wall, "num_updates": r["num_updates"] + updates} for r in final.train]
+        run.valids += [{**v, "wall": v["wall"] + wall} for v in final.valids]
+        run.valid = final.valid
+    return run
+
+
 def table(runs: list[Run]) -> str:
     targets = sorted({k for r in runs for k in r.valid if k.startswith("loss_")},
                      key=lambda k: (k != "loss_last", int(k[6:]) if k[6:].isdigit() else 0))
@@ -106,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("exp_dir", type=Path)
     parser.add_argument("--runs", nargs="+", required=True)
     args = parser.parse_args(argv)
-    runs = [parse_log(name, args.exp_dir / name / "train.log") for name in args.runs]
+    runs = [parse_run(args.exp_dir / name) for name in args.runs]
     text = table(runs)
     atomic_write_text(args.exp_dir / "report.md", text)
     plot(runs, args.exp_dir / "loss_vs_wallclock.png")
