@@ -64,6 +64,17 @@ def set_hard(gates, keep_share: float, seed: int = 1) -> None:
             gate.log_alpha.copy_(torch.where(on, 30.0, -30.0))
 
 
+def soft_gated_student(seed: int):
+    """A gated student whose gates are soft: some units dropped, the others scaled by values below 1."""
+    model = student()
+    gates = pruning.attach_gates(model, PruningConfig())
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for gate in gates.values():
+            gate.log_alpha.copy_(torch.randn(gate.n) * 3)
+    return model, gates
+
+
 def layer_outputs_of(model, source):
     model.eval()
     return model(source)["layers"]
@@ -80,12 +91,7 @@ def test_expected_params_equal_the_materialised_count_when_gates_are_hard(kinds)
 
 
 def test_materialising_changes_no_output():
-    model = student()
-    gates = pruning.attach_gates(model, PruningConfig())
-    torch.manual_seed(2)
-    with torch.no_grad():  # soft gates: some units dropped, the others scaled by values below 1
-        for gate in gates.values():
-            gate.log_alpha.copy_(torch.randn(gate.n) * 3)
+    model, gates = soft_gated_student(2)
     source = torch.randn(2, 8000)
     before = layer_outputs_of(model, source)
     before_count = sum(p.numel() for p in model.parameters())
@@ -103,12 +109,7 @@ def test_a_pruned_size_off_the_target_is_scaled_to_it():
     """When the expected sizes miss the target by more than the tolerance (a run stopped on a swing
     of the Lagrangian), every gate set keeps one common share more or fewer units: the materialised
     size meets the target, and materialising still changes no output."""
-    model = student()
-    gates = pruning.attach_gates(model, PruningConfig())
-    torch.manual_seed(4)
-    with torch.no_grad():
-        for gate in gates.values():
-            gate.log_alpha.copy_(torch.randn(gate.n) * 3)
+    model, gates = soft_gated_student(4)
     kept = {name: int((g.deterministic_mask() > 0).sum()) for name, g in gates.items()}
     count = pruning.kept_params(model)
     assert pruning.fit_to_target(model, round(count * 1.015), tolerance=0.02) == 1.0  # near enough: as it is
@@ -252,12 +253,7 @@ def test_a_student_of_another_shape_cannot_start_as_the_teachers_copy(tiny_corpu
 
 
 def test_the_pruned_student_exports_as_a_padded_hubert_with_the_same_outputs():
-    model = student()
-    gates = pruning.attach_gates(model, PruningConfig())
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for gate in gates.values():
-            gate.log_alpha.copy_(torch.randn(gate.n) * 3)
+    model, gates = soft_gated_student(3)
     pruning.materialize(model)
     assert model.cfg.layer_heads and model.cfg.layer_ffn
     rebuilt = GrowingStudent(model.cfg, teacher_dim=32, num_targets=2, start_depth=3)
