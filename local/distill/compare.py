@@ -4,10 +4,11 @@ pruned one (`run.sh --extra-presets dphubert_tiny`), or any runs of one exp dir.
     python -m local.distill.compare exp --runs interleaved dphubert_tiny [--data data/test]
 
 Per run, from `<exp>/distill/<run>/student.pt` (the plugin's own model, so a pruned student runs at
-its pruned size, not the zero-padded size of its export): parameters (CNN and Transformer; the
-distillation heads are dropped at export), multiply-accumulates per second of audio (torch's
-FlopCounterMode over a 10 s forward, halved), the real-time factor on this CPU (one thread, one
-utterance at a time, as `local.superb.rtf`), and the wall clock of its stage-3 training (each
+its pruned size, not the zero-padded size of its export): parameters (CNN and Transformer, as
+`pruning.unpruned_params` counts them: the distillation heads are dropped at export),
+multiply-accumulates per second of audio (torch's FlopCounterMode over a 10 s forward, halved),
+the real-time factor on this CPU (one thread, one utterance at a time:
+`local.superb.rtf.seconds_per_audio_second`), and the wall clock of its stage-3 training (each
 fairseq log's last progress line; a pruned student's is the gated run plus the final run). Beside
 them, what stages 4 and 5 measured when they ran: ESPnet's WER (`<exp>/asr/`) and mini-SUPERB's
 scores, mean +- std over head seeds (`<exp>/superb/<run>/scores.json`).
@@ -17,26 +18,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from fairseq_plugin import pruning
 from fairseq_plugin.atomic_io import atomic_write_text
 from fairseq_plugin.export import load_student
 from local.asr.report import decode_dir
 from local.asr.score import sum_avg
-from local.data.audio import SAMPLE_RATE, read_audio
-from local.data.kaldi import read_table
+from local.data.audio import SAMPLE_RATE
 from local.distill.report import parse_run
 from local.superb.report import mean_std
+from local.superb.rtf import seconds_per_audio_second
 
 SUPERB_COLUMNS = [("pr", "PR PER"), ("asr", "ASR WER"), ("sf_f1", "SF F1"), ("ks", "KS acc"), ("sid", "SID acc")]
-
-
-def parameters(student: torch.nn.Module) -> int:
-    return sum(p.numel() for name, p in student.named_parameters() if not name.startswith("heads."))
 
 
 def macs_per_second(student: torch.nn.Module, seconds: float = 10.0) -> float:
@@ -45,23 +42,6 @@ def macs_per_second(student: torch.nn.Module, seconds: float = 10.0) -> float:
     with FlopCounterMode(display=False) as counter:
         student(torch.zeros(1, int(seconds * SAMPLE_RATE)))
     return counter.get_total_flops() / 2 / seconds
-
-
-@torch.no_grad()
-def real_time_factor(student: torch.nn.Module, data_dir: Path, limit: int = 50, repeats: int = 3) -> float:
-    """Over the first `limit` utterances of `data_dir`, after a warm-up pass, the fastest of `repeats`
-    passes, one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    wavs = [torch.from_numpy(read_audio(path))[None] for _, path in sorted(read_table(data_dir / "wav.scp"))[:limit]]
-    passes = []
-    for _ in range(1 + repeats):
-        start = time.perf_counter()
-        for wav in wavs:
-            student(wav)
-        passes.append(time.perf_counter() - start)
-    torch.set_num_threads(threads)
-    return min(passes[1:]) / (sum(w.shape[1] for w in wavs) / SAMPLE_RATE)
 
 
 def espnet_wer(exp: Path, run: str, inference: str, test_set: str) -> str:
@@ -86,8 +66,8 @@ def compare(exp: Path, runs: list[str], data: Path, inference: str = "decode_ctc
     for run in runs:
         run_dir = exp / "distill" / run
         student = load_student(run_dir / "student.pt")
-        lines.append(f"| {run} | {parameters(student):,} | {macs_per_second(student) / 1e9:.3f} G | "
-                     f"{real_time_factor(student, data):.4f} | {parse_run(run_dir).wall:.0f} s | "
+        lines.append(f"| {run} | {pruning.unpruned_params(student):,} | {macs_per_second(student) / 1e9:.3f} G | "
+                     f"{seconds_per_audio_second(student, data):.4f} | {parse_run(run_dir).wall:.0f} s | "
                      f"{espnet_wer(exp, run, inference, test_set)} | " + " | ".join(superb_scores(exp, run)) + " |")
     table = "\n".join(lines) + "\n"
     atomic_write_text(exp / "distill" / "compare.md", table)
