@@ -24,8 +24,8 @@ Measured in one run, on the device it runs on, with random weights (cost does no
 Prints a table and writes a JSON report. `--profile` adds torch.profiler's top operators for the
 eager baseline, the teacher's forward and the plugin with every lever on; `--modules` times each
 conv, norm, projection and attention of the teacher in fp32 and under bf16 autocast; `--compile`
-adds a step and a teacher forward with `task.speed.compile_layers` (torch.compile of every
-Transformer layer).
+adds steps and teacher forwards with `task.speed.compile_layers` (torch.compile of every
+Transformer layer) and `task.speed.compile_teacher` (of the teacher's whole forward).
 """
 from __future__ import annotations
 
@@ -105,19 +105,38 @@ VARIANTS = {
                                         "plugin, the student alone + torch's AdamW"),
 }
 # The variants that step with torch's AdamW (fused on CUDA) instead of fairseq's adam.
-TORCH_ADAMW = {"plugin_torch_adamw", "plugin_student_only_torch_adamw", "student_alone_torch_adamw"}
+TORCH_ADAMW = {"plugin_torch_adamw", "plugin_student_only_torch_adamw", "student_alone_torch_adamw",
+               "plugin_student_only_torch_adamw_compiled", "student_alone_torch_adamw_compiled",
+               "plugin_fast_teacher_torch_adamw"}
 
 
 # With --compile: a step and a teacher forward with torch.compile of every Transformer layer.
 COMPILED = {"plugin_compiled": (dataclasses.replace(LEVERS_ON, compile_layers=True),
-                                "plugin, levers on + torch.compile of every Transformer layer")}
-TEACHER_FORWARD = {"fp32": (LEVERS_OFF, "fp32"), "levers_on": (LEVERS_ON, "bf16 autocast, fp32 pos conv")}
-TEACHER_FORWARD_COMPILED = {"levers_on_compiled": (dataclasses.replace(LEVERS_ON, compile_layers=True),
-                                                   "bf16 autocast, fp32 pos conv, compiled layers")}
+                                "plugin, levers on + torch.compile of every Transformer layer"),
+            "plugin_student_only_torch_adamw_compiled": (
+                dataclasses.replace(LEVERS_ON, teacher_cache=CACHE, compile_layers=True),
+                "plugin, the student alone + torch's AdamW + torch.compile of every Transformer layer"),
+            "plugin_fast_teacher_torch_adamw": (
+                dataclasses.replace(LEVERS_ON, teacher_precision="bf16_weights", compile_teacher=True),
+                "plugin, levers on + torch's AdamW + the teacher in bf16 weights, compiled whole")}
+TEACHER_FORWARD = {"fp32": (LEVERS_OFF, "fp32"), "levers_on": (LEVERS_ON, "bf16 autocast, fp32 pos conv"),
+                   "bf16_weights": (dataclasses.replace(LEVERS_ON, teacher_precision="bf16_weights"),
+                                    "bf16 weights, fp32 pos conv")}
+TEACHER_FORWARD_COMPILED = {
+    "levers_on_compiled": (dataclasses.replace(LEVERS_ON, compile_layers=True),
+                           "bf16 autocast, fp32 pos conv, compiled layers"),
+    "levers_on_compiled_teacher": (dataclasses.replace(LEVERS_ON, compile_teacher=True),
+                                   "bf16 autocast, fp32 pos conv, the whole forward compiled"),
+    "bf16_weights_compiled_teacher": (dataclasses.replace(LEVERS_ON, teacher_precision="bf16_weights",
+                                                          compile_teacher=True),
+                                      "bf16 weights, fp32 pos conv, the whole forward compiled")}
 # Stacking is timed with the fixed-cost levers off, on, and on with the teacher's targets from disk.
 STACKING = {"levers_off": LEVERS_OFF, "levers_on": LEVERS_ON, "levers_on_cached": VARIANTS["plugin_all_cached"][0],
             "student_alone": VARIANTS["plugin_student_only"][0],
             "student_alone_torch_adamw": VARIANTS["plugin_student_only"][0]}
+# With --compile, stacking also with the student alone, compiled (growth copies weights into
+# pre-built layers, so a depth change recompiles nothing).
+STACKING_COMPILED = {"student_alone_torch_adamw_compiled": COMPILED["plugin_student_only_torch_adamw_compiled"][0]}
 EPOCH_HOURS = 960  # LibriSpeech 960 h: what one epoch of the `paper` preset reads
 
 
@@ -132,6 +151,10 @@ def write_teacher(size: Size, path: Path) -> None:
 def build(size: Size, data: Path, levers: SpeedConfig, device: torch.device, torch_adamw: bool = False):
     """The plugin's own task, student, criterion and optimizer, as fairseq-hydra-train builds them."""
     layers, dim, ffn, heads = size.student
+    if levers.compile_layers or levers.compile_teacher:
+        # Dynamo keeps its compiled graphs per code object, across models: the earlier variants'
+        # entries would fill its recompile limit and send a later variant back to eager.
+        torch._dynamo.reset()
     if levers.teacher_cache == CACHE:
         levers = dataclasses.replace(levers, teacher_cache=str(data / "cache"))
     cfg = OmegaConf.structured(FairseqConfig)  # the root the task config's ${common.seed} etc. refer to
@@ -253,6 +276,9 @@ def time_step(step, device: torch.device, steps: int, warmup: int) -> float:
 
 
 def measure(step, size: Size, device: torch.device, steps: int, warmup: int) -> dict:
+    # Dynamo never compiles a frame whose first call runs under a dispatch mode such as the FLOP
+    # counter, and runs it eagerly from then on: a compiled step is first called outside it.
+    step()
     with FlopCounterMode(display=False) as counter:
         step()
     if device.type == "cuda":
@@ -367,7 +393,7 @@ def run(size: Size, device: torch.device, steps: int, warmup: int, depths: list[
                              ("student_input_cache_gb_per_audio_hour", "cnn.npy")):
             per_cache = [sum(f.stat().st_size for f in c.glob(pattern)) for c in caches]  # one set of files each
             report[key] = max(per_cache) / 1e9 / audio_hours
-        for name, levers in STACKING.items():
+        for name, levers in {**STACKING, **(STACKING_COMPILED if with_compile else {})}.items():
             task, model, criterion, optimizer = build(size, data, levers, device, name in TORCH_ADAMW)
             per_depth = {}
             for depth in depths:

@@ -8,6 +8,13 @@
   `torch.cuda.amp.autocast(enabled=False)` would switch off one set around the step. fp16 for
   the student would need a grad scaler: use fairseq's `common.fp16` for that (the whole model in
   fp16, fp32 master weights, loss scaling).
+  `teacher_precision=bf16_weights` casts the frozen teacher's weights to bf16 instead (no
+  autocast): it has no gradients and no optimizer, so nothing needs fp32 master weights, and no
+  cast runs per forward. The positional conv stays fp32 under `pos_conv_fp32`. The cast happens
+  at the teacher's first forward, after any student was initialised from its fp32 weights.
+- `compile_teacher`: `torch.compile` the teacher's whole forward (CNN, positional conv and the
+  layers the loss reads), so its casts, norms and activations fuse across module boundaries.
+  Off by default: compiling costs time at start and after shape changes.
 - `pos_conv_fp32`: keep the convolutional positional embedding (grouped conv1d, kernel 128) in
   fp32 inside autocast. In bf16 it is the slowest op of a HuBERT layer stack on GPUs; in fp32
   it is ~10x faster there. On by default: outside autocast it changes nothing.
@@ -16,8 +23,9 @@
   fixes the student's CNN (a different student, not a faster way to train the same one).
 - `compile_layers`: `torch.compile` each Transformer layer of the teacher and the student, in
   place (`nn.Module.compile`: parameter names and checkpoints unchanged; growth copies weights
-  into pre-built layers, so nothing recompiles for it). Off by default: on a 2-core CPU it made
-  the step slower (`python -m fairseq_plugin.bench --compile` measures it where you run).
+  into pre-built layers, so nothing recompiles for it). Off by default: compiling costs time at
+  start, and on a 2-core CPU it saved 5-11 % of a step (`python -m fairseq_plugin.bench --compile`
+  measures it where you run).
 - `teacher_cache`: a directory where the teacher's targets are kept on disk (memory-mapped
   fp16), so the teacher runs once per utterance, not once per epoch and per student. Off by
   default: crops become fixed per utterance and targets fp16 (`fairseq_plugin/teacher_cache.py`).
@@ -40,16 +48,21 @@ from dataclasses import dataclass, field
 import torch
 from fairseq.dataclass import FairseqDataclass
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtypes
+# The teacher's: autocast, or its frozen weights cast to bf16 and no autocast.
+TEACHER_PRECISIONS = (*PRECISIONS, "bf16_weights")
 
 
 @dataclass
 class SpeedConfig(FairseqDataclass):
-    teacher_precision: str = field(default="fp32", metadata={"help": "teacher forward: fp32, bf16 or fp16 autocast"})
+    teacher_precision: str = field(default="fp32", metadata={
+        "help": "teacher forward: fp32, bf16 or fp16 autocast, or bf16_weights (its frozen weights cast to bf16)"})
     student_precision: str = field(default="fp32", metadata={"help": "student forward/backward: fp32 or bf16 autocast"})
     pos_conv_fp32: bool = field(default=True, metadata={"help": "keep the positional conv in fp32 under autocast"})
     share_teacher_cnn: bool = field(
         default=False, metadata={"help": "student uses the teacher's (frozen) CNN; the CNN runs once per batch"})
+    compile_teacher: bool = field(
+        default=False, metadata={"help": "torch.compile the teacher's whole forward (CNN, pos conv, layers)"})
     compile_layers: bool = field(
         default=False, metadata={"help": "torch.compile each Transformer layer of teacher and student"})
     teacher_cache: str = field(
@@ -61,9 +74,9 @@ class SpeedConfig(FairseqDataclass):
 
 
 def check(cfg: SpeedConfig) -> None:
-    for key in ("teacher_precision", "student_precision"):
-        if getattr(cfg, key) not in PRECISIONS:
-            raise ValueError(f"task.speed.{key}={getattr(cfg, key)!r}: choose one of {', '.join(PRECISIONS)}")
+    for key, choices in (("teacher_precision", TEACHER_PRECISIONS), ("student_precision", PRECISIONS)):
+        if getattr(cfg, key) not in choices:
+            raise ValueError(f"task.speed.{key}={getattr(cfg, key)!r}: choose one of {', '.join(choices)}")
     if cfg.student_precision == "fp16":  # the teacher's is fine: it has no gradients
         raise ValueError("task.speed.student_precision=fp16 would train without a grad scaler (small fp16 gradients "
                          "flush to zero); use task.speed.student_precision=bf16, or fairseq's own fp16 training "
@@ -71,8 +84,8 @@ def check(cfg: SpeedConfig) -> None:
 
 
 def autocast(device: torch.device, precision: str):
-    """`torch.autocast` for `precision`, or nothing for fp32."""
-    dtype = PRECISIONS[precision]
+    """`torch.autocast` for `precision`, or nothing for fp32 and bf16_weights."""
+    dtype = PRECISIONS.get(precision)
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -92,6 +105,20 @@ def keep_pos_conv_fp32(model: torch.nn.Module) -> None:
     if not isinstance(pos_conv, torch.nn.Sequential):
         raise TypeError(f"expected fairseq's pos_conv Sequential, found {type(pos_conv).__name__}")
     pos_conv.forward = types.MethodType(_fp32_forward, pos_conv)
+
+
+def frozen_weights_dtype(precision: str) -> torch.dtype:
+    """The dtype of the frozen teacher's weights at `precision`."""
+    return torch.bfloat16 if precision == "bf16_weights" else torch.float32
+
+
+def cast_frozen(model: torch.nn.Module, dtype: torch.dtype, pos_conv_fp32: bool) -> None:
+    """Cast a frozen model's weights to `dtype`, fairseq's positional conv back to fp32 where
+    `pos_conv_fp32` keeps it there (its forward then runs in its weights' dtype)."""
+    model.to(dtype)
+    pos_conv = getattr(getattr(model, "encoder", None), "pos_conv", None)
+    if pos_conv_fp32 and pos_conv is not None:
+        pos_conv.float()
 
 
 def compile_layers(model: torch.nn.Module) -> None:

@@ -144,3 +144,44 @@ def test_fairseqs_fp16_trains_across_a_growth_on_cuda(tiny_corpus, tiny_teacher,
     assert "growth at update 2: depth 3 -> 6" in proc.stdout + proc.stderr
     assert int(load(tmp_path / "checkpoints/checkpoint_last.pt")["model"]["depth"]) == 6
     assert_trained_in(torch.float16, tmp_path / "checkpoints/checkpoint_last.pt")
+
+
+def test_teacher_bf16_weights_are_cast_at_its_first_forward_after_the_student_copied_them(tiny_corpus, tiny_teacher):
+    """`teacher_precision=bf16_weights`: the frozen teacher's weights in bf16 (its positional conv
+    kept fp32), no autocast; the student's shared CNN was copied from the fp32 weights."""
+    fp32 = build(tiny_corpus, tiny_teacher)
+    task, model, criterion, optimizer, sample = build(tiny_corpus, tiny_teacher, teacher_precision="bf16_weights",
+                                                      share_teacher_cnn=True)
+    assert {p.dtype for p in task.teacher.parameters()} == {torch.float32}  # not yet cast
+    teacher_cnn = {k: v.clone() for k, v in task.teacher.feature_extractor.state_dict().items()}
+    assert all(torch.equal(model.feature_extractor.state_dict()[k], v) for k, v in teacher_cnn.items())
+
+    expected = fp32[0].teacher_outputs(fp32[4])
+    got = task.teacher_outputs(sample)
+    for layer, target in expected.items():
+        assert got[layer].dtype == torch.bfloat16
+        error = (got[layer].float() - target).norm() / target.norm()
+        assert 0 < error < 0.05, (layer, error)  # bf16 arithmetic: close, not equal
+    dtypes = {name: p.dtype for name, p in task.teacher.named_parameters()}
+    assert {d for n, d in dtypes.items() if n.startswith("encoder.pos_conv.")} == {torch.float32}
+    assert {d for n, d in dtypes.items() if not n.startswith("encoder.pos_conv.")} == {torch.bfloat16}
+    assert sample["net_input"]["features"].dtype == torch.float32  # the student's input, in its dtype
+
+    task.train_step(sample, model, criterion, optimizer, 0)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_bf16_weights_is_the_teachers_alone():
+    with pytest.raises(ValueError, match="student_precision='bf16_weights': choose one of fp32, bf16, fp16"):
+        speed.check(SpeedConfig(student_precision="bf16_weights"))
+
+
+def test_compiled_teacher_gives_the_eager_targets(tiny_corpus, tiny_teacher):
+    eager_task, _, _, _, sample = build(tiny_corpus, tiny_teacher)
+    compiled_task = build(tiny_corpus, tiny_teacher, compile_teacher=True)[0]
+    torch._dynamo.utils.counters.clear()
+    expected = eager_task.teacher_outputs(sample)
+    got = compiled_task.teacher_outputs(sample)
+    assert torch._dynamo.utils.counters["frames"]["ok"] >= 1  # compiled, not run eagerly
+    for layer in expected:
+        torch.testing.assert_close(got[layer], expected[layer], rtol=1e-4, atol=1e-4)

@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from fairseq_plugin import speed
+from fairseq_plugin import bench, speed
 from fairseq_plugin.checkpoints import load_speech_model
 from tests.conftest import distill, run
 
@@ -60,7 +60,7 @@ def test_benchmark_runs_and_reports_ratios(tmp_path):
     assert set(report["stacking"]) == {"levers_off", "levers_on", "levers_on_cached", "student_alone",
                                        "student_alone_torch_adamw"}
     assert all(row["speedup"] > 0 for row in report["stacking"].values())
-    assert set(report["teacher_forward"]) == {"fp32", "levers_on"}
+    assert set(report["teacher_forward"]) == {"fp32", "levers_on", "bf16_weights"}
     assert all(row["audio_hours_per_hour"] > 0 and row["tflops"] > 0 for row in report["teacher_forward"].values())
     # the tiny teacher's 3 layers x 64 dims in fp16, 50 frames per second (a little less per utterance)
     assert 0.9 * 3 * 64 * 2 * 50 * 3600 / 1e9 < report["teacher_cache_gb_per_audio_hour"] <= 3 * 64 * 2 * 50 * 3600 / 1e9
@@ -72,6 +72,17 @@ def test_benchmark_runs_and_reports_ratios(tmp_path):
     assert {"feature_extractor.conv_layers.0.0", "encoder.pos_conv", "encoder.layers.0.self_attn"} <= set(timed)
     assert all(row["fp32_ms"] > 0 and row["bf16_ms"] > 0 for row in timed.values())
     assert "x baseline" in proc.stdout and "bf16 / fp32" in proc.stdout
+
+
+def test_benchmark_times_compiled_code_compiled():
+    """A frame first called under torch's FLOP counter is never compiled: the benchmark calls a
+    step once before counting its FLOPs, or its compiled rows would time eager code."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    double = torch.compile(lambda x: (2 * x).sum(), backend="eager")
+    x = torch.randn(8)
+    bench.measure(lambda: double(x), bench.SIZES["tiny"], torch.device("cpu"), steps=2, warmup=1)
+    assert torch._dynamo.utils.counters["frames"]["ok"] >= 1
 
 
 def test_attention_runs_through_scaled_dot_product_attention(tiny_teacher):

@@ -124,6 +124,18 @@ class CachedTargetsDataset(BaseWrapperDataset):
 STUDENT_INPUT = "cnn"  # the student-input cache's one entry
 
 
+def _fairseq_teacher_forward(teacher, source: torch.Tensor, padding_mask, depth: int):
+    """A fairseq teacher's CNN features and its layers 1..depth (what `compile_teacher` compiles)."""
+    features = cnn_features(teacher, source)
+    layers, _ = layer_outputs(teacher, source, padding_mask, depth, features=features)
+    return features, layers
+
+
+def _hf_teacher_forward(teacher, source: torch.Tensor, padding_mask, depth: int):
+    """A Hugging Face teacher's layers 1..depth, by its own forward (its CNN is never shared)."""
+    return None, teacher.layer_outputs(source, padding_mask, depth)
+
+
 @register_task("hubert_distillation", dataclass=DistillationConfig)
 class DistillationTask(AudioPretrainingTask):
     cfg: DistillationConfig
@@ -166,6 +178,8 @@ class DistillationTask(AudioPretrainingTask):
         self.teacher_caches: dict[str, teacher_cache.TeacherCache] = {}
         self.input_caches: dict[str, teacher_cache.TeacherCache] = {}  # the student's input, per split
         self._teacher_sha256: str | None = None
+        forward = _hf_teacher_forward if isinstance(self.teacher, hf_teacher.HfTeacher) else _fairseq_teacher_forward
+        self._teacher_forward = torch.compile(forward) if cfg.speed.compile_teacher else forward
 
     def _load_teacher(self, cfg: DistillationConfig) -> tuple:
         """Load the frozen teacher (a fairseq checkpoint, or a Hugging Face directory) into `self.teacher`;
@@ -297,15 +311,25 @@ class DistillationTask(AudioPretrainingTask):
     @contextlib.contextmanager
     def _frozen_teacher_on(self, source: torch.Tensor):
         """The teacher on the batch's device, in eval mode, without grad, at its precision."""
-        if next(self.teacher.parameters()).device != source.device:
-            self.teacher.to(source.device)
+        self._place_teacher(source.device)
         self.teacher.eval()
         with torch.no_grad(), speed.autocast(source.device, self.cfg.speed.teacher_precision):
             yield self.teacher
 
+    def _place_teacher(self, device: torch.device) -> None:
+        """The teacher on `device`, its weights in their dtype at `teacher_precision` (cast at its
+        first forward, so that students initialised from it saw its fp32 weights)."""
+        if next(self.teacher.parameters()).device != device:
+            self.teacher.to(device)
+        dtype = speed.frozen_weights_dtype(self.cfg.speed.teacher_precision)
+        if dtype != torch.float32 and next(self.teacher.parameters()).dtype != dtype:
+            speed.cast_frozen(self.teacher, dtype, self.cfg.speed.pos_conv_fp32)
+
     def _teacher_input(self, sample) -> torch.Tensor:
         """The batch's audio in the teacher's dtype: fairseq's common.fp16/bf16 cast it to the student's."""
-        return sample["net_input"]["source"].to(next(self.teacher.parameters()).dtype)
+        source = sample["net_input"]["source"]
+        self._place_teacher(source.device)
+        return source.to(next(self.teacher.parameters()).dtype)
 
     def teacher_outputs(self, sample) -> dict[int, torch.Tensor]:
         """Teacher layer outputs keyed by 1-based layer, for the layers the loss needs. With
@@ -313,12 +337,8 @@ class DistillationTask(AudioPretrainingTask):
         source = self._teacher_input(sample)
         padding_mask = sample["net_input"].get("padding_mask")
         with self._frozen_teacher_on(source) as teacher:
-            if isinstance(teacher, hf_teacher.HfTeacher):  # its own forward (share_teacher_cnn is refused)
-                layers = teacher.layer_outputs(source, padding_mask, self.deepest_teacher_layer)
-                return {i: layers[i - 1] for i in self.target_layers}
-            features = cnn_features(teacher, source)
-            layers, _ = layer_outputs(teacher, source, padding_mask, self.deepest_teacher_layer, features=features)
-        if self.cfg.speed.share_teacher_cnn:
+            features, layers = self._teacher_forward(teacher, source, padding_mask, self.deepest_teacher_layer)
+        if self.cfg.speed.share_teacher_cnn:  # refused for a Hugging Face teacher, whose features are None
             sample["net_input"]["features"] = features.to(sample["net_input"]["source"].dtype)  # the student's
         return {i: layers[i - 1] for i in self.target_layers}
 
