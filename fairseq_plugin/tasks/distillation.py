@@ -309,34 +309,25 @@ class DistillationTask(AudioPretrainingTask):
 
     # -- teacher ----------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _frozen_teacher_on(self, source: torch.Tensor):
-        """The teacher on the batch's device, in eval mode, without grad, at its precision."""
-        self._place_teacher(source.device)
-        self.teacher.eval()
-        with torch.no_grad(), speed.autocast(source.device, self.cfg.speed.teacher_precision):
-            yield self.teacher
-
-    def _place_teacher(self, device: torch.device) -> None:
-        """The teacher on `device`, its weights in their dtype at `teacher_precision` (cast at its
-        first forward, so that students initialised from it saw its fp32 weights)."""
-        if next(self.teacher.parameters()).device != device:
-            self.teacher.to(device)
+    def _frozen_teacher_for(self, sample):
+        """The teacher on the batch's device, in eval mode, without grad, at its precision, and the
+        batch's audio in the teacher's dtype (fairseq's common.fp16/bf16 cast it to the student's)."""
+        source = sample["net_input"]["source"]
+        if next(self.teacher.parameters()).device != source.device:
+            self.teacher.to(source.device)
         dtype = speed.frozen_weights_dtype(self.cfg.speed.teacher_precision)
         if dtype != torch.float32 and next(self.teacher.parameters()).dtype != dtype:
+            # cast here, at its first forward, so that students initialised from it saw fp32 weights
             speed.cast_frozen(self.teacher, dtype, self.cfg.speed.pos_conv_fp32)
-
-    def _teacher_input(self, sample) -> torch.Tensor:
-        """The batch's audio in the teacher's dtype: fairseq's common.fp16/bf16 cast it to the student's."""
-        source = sample["net_input"]["source"]
-        self._place_teacher(source.device)
-        return source.to(next(self.teacher.parameters()).dtype)
+        self.teacher.eval()
+        with torch.no_grad(), speed.autocast(source.device, self.cfg.speed.teacher_precision):
+            yield self.teacher, source.to(next(self.teacher.parameters()).dtype)
 
     def teacher_outputs(self, sample) -> dict[int, torch.Tensor]:
         """Teacher layer outputs keyed by 1-based layer, for the layers the loss needs. With
         `speed.share_teacher_cnn`, also puts the CNN features into the student's input."""
-        source = self._teacher_input(sample)
         padding_mask = sample["net_input"].get("padding_mask")
-        with self._frozen_teacher_on(source) as teacher:
+        with self._frozen_teacher_for(sample) as (teacher, source):
             features, layers = self._teacher_forward(teacher, source, padding_mask, self.deepest_teacher_layer)
         if self.cfg.speed.share_teacher_cnn:  # refused for a Hugging Face teacher, whose features are None
             sample["net_input"]["features"] = features.to(sample["net_input"]["source"].dtype)  # the student's
@@ -361,8 +352,7 @@ class DistillationTask(AudioPretrainingTask):
         if inputs is not None:
             self._student_input_through_cache(sample, inputs)
         elif sample["targets_from_cache"] and self.cfg.speed.share_teacher_cnn:
-            source = self._teacher_input(sample)
-            with self._frozen_teacher_on(source) as teacher:
+            with self._frozen_teacher_for(sample) as (teacher, source):
                 features = cnn_features(teacher, source)
             sample["net_input"]["features"] = features.to(sample["net_input"]["source"].dtype)
         return targets
