@@ -25,7 +25,8 @@ Prints a table and writes a JSON report. `--profile` adds torch.profiler's top o
 eager baseline, the teacher's forward and the plugin with every lever on; `--modules` times each
 conv, norm, projection and attention of the teacher in fp32 and under bf16 autocast; `--compile`
 adds steps and teacher forwards with `task.speed.compile_layers` (torch.compile of every
-Transformer layer) and `task.speed.compile_teacher` (of the teacher's whole forward).
+Transformer layer), `task.speed.compile_teacher` (of the teacher's whole forward) and
+`task.speed.compile_mode=reduce-overhead` (the compiled layers replayed as CUDA graphs).
 """
 from __future__ import annotations
 
@@ -107,6 +108,7 @@ VARIANTS = {
 # The variants that step with torch's AdamW (fused on CUDA) instead of fairseq's adam.
 TORCH_ADAMW = {"plugin_torch_adamw", "plugin_student_only_torch_adamw", "student_alone_torch_adamw",
                "plugin_student_only_torch_adamw_compiled", "student_alone_torch_adamw_compiled",
+               "plugin_student_only_torch_adamw_cuda_graphs", "student_alone_torch_adamw_cuda_graphs",
                "plugin_fast_teacher_torch_adamw"}
 
 
@@ -116,6 +118,9 @@ COMPILED = {"plugin_compiled": (dataclasses.replace(LEVERS_ON, compile_layers=Tr
             "plugin_student_only_torch_adamw_compiled": (
                 dataclasses.replace(LEVERS_ON, teacher_cache=CACHE, compile_layers=True),
                 "plugin, the student alone + torch's AdamW + torch.compile of every Transformer layer"),
+            "plugin_student_only_torch_adamw_cuda_graphs": (
+                dataclasses.replace(LEVERS_ON, teacher_cache=CACHE, compile_layers=True, compile_mode="reduce-overhead"),
+                "plugin, the student alone + torch's AdamW + every Transformer layer compiled with CUDA graphs"),
             "plugin_fast_teacher_torch_adamw": (
                 dataclasses.replace(LEVERS_ON, teacher_precision="bf16_weights", compile_teacher=True),
                 "plugin, levers on + torch's AdamW + the teacher in bf16 weights, compiled whole")}
@@ -136,7 +141,8 @@ STACKING = {"levers_off": LEVERS_OFF, "levers_on": LEVERS_ON, "levers_on_cached"
             "student_alone_torch_adamw": VARIANTS["plugin_student_only"][0]}
 # With --compile, stacking also with the student alone, compiled (growth copies weights into
 # pre-built layers, so a depth change recompiles nothing).
-STACKING_COMPILED = {"student_alone_torch_adamw_compiled": COMPILED["plugin_student_only_torch_adamw_compiled"][0]}
+STACKING_COMPILED = {"student_alone_torch_adamw_compiled": COMPILED["plugin_student_only_torch_adamw_compiled"][0],
+                     "student_alone_torch_adamw_cuda_graphs": COMPILED["plugin_student_only_torch_adamw_cuda_graphs"][0]}
 EPOCH_HOURS = 960  # LibriSpeech 960 h: what one epoch of the `paper` preset reads
 
 
@@ -276,11 +282,12 @@ def time_step(step, device: torch.device, steps: int, warmup: int) -> float:
 
 
 def measure(step, size: Size, device: torch.device, steps: int, warmup: int) -> dict:
-    # Dynamo never compiles a frame whose first call runs under a dispatch mode such as the FLOP
-    # counter, and runs it eagerly from then on: a compiled step is first called outside it.
-    step()
     with FlopCounterMode(display=False) as counter:
         step()
+    # Dynamo never compiles a frame first called under a dispatch mode such as the FLOP counter,
+    # and runs a compiled frame once called under one eagerly from then on; forgetting what it
+    # did lets the timed calls compile and run the graph.
+    torch._dynamo.reset()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds = time_step(step, device, steps, warmup)

@@ -26,6 +26,11 @@
   into pre-built layers, so nothing recompiles for it). Off by default: compiling costs time at
   start, and on a 2-core CPU it saved 5-11 % of a step (`python -m fairseq_plugin.bench --compile`
   measures it where you run).
+- `compile_mode`: the `mode` both compile switches hand `torch.compile`. `reduce-overhead` adds
+  CUDA graphs: each compiled layer's kernels replay as one launch, which is what a step bound by
+  the host's kernel launches needs (the student alone on a GPU: 40 % idle, see the README).
+  Each new input shape records new graphs, so it pays where shapes repeat (fixed crops, the
+  teacher cache); on a CPU it is the default mode.
 - `teacher_cache`: a directory where the teacher's targets are kept on disk (memory-mapped
   fp16), so the teacher runs once per utterance, not once per epoch and per student. Off by
   default: crops become fixed per utterance and targets fp16 (`fairseq_plugin/teacher_cache.py`).
@@ -51,6 +56,7 @@ from fairseq.dataclass import FairseqDataclass
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtypes
 # The teacher's: autocast, or its frozen weights cast to bf16 and no autocast.
 TEACHER_PRECISIONS = (*PRECISIONS, "bf16_weights")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
 @dataclass
@@ -65,6 +71,9 @@ class SpeedConfig(FairseqDataclass):
         default=False, metadata={"help": "torch.compile the teacher's whole forward (CNN, pos conv, layers)"})
     compile_layers: bool = field(
         default=False, metadata={"help": "torch.compile each Transformer layer of teacher and student"})
+    compile_mode: str = field(default="default", metadata={
+        "help": "torch.compile's mode for compile_teacher and compile_layers: default, reduce-overhead (CUDA "
+                "graphs), max-autotune, max-autotune-no-cudagraphs"})
     teacher_cache: str = field(
         default="", metadata={"help": "directory for the teacher's targets on disk (fp16, fixed crops); "
                                       "empty: run the teacher every step"})
@@ -74,13 +83,17 @@ class SpeedConfig(FairseqDataclass):
 
 
 def check(cfg: SpeedConfig) -> None:
-    for key, choices in (("teacher_precision", TEACHER_PRECISIONS), ("student_precision", PRECISIONS)):
+    for key, choices in (("teacher_precision", TEACHER_PRECISIONS), ("student_precision", PRECISIONS),
+                         ("compile_mode", COMPILE_MODES)):
         if getattr(cfg, key) not in choices:
             raise ValueError(f"task.speed.{key}={getattr(cfg, key)!r}: choose one of {', '.join(choices)}")
     if cfg.student_precision == "fp16":  # the teacher's is fine: it has no gradients
         raise ValueError("task.speed.student_precision=fp16 would train without a grad scaler (small fp16 gradients "
                          "flush to zero); use task.speed.student_precision=bf16, or fairseq's own fp16 training "
                          "with loss scaling: common.fp16=true (CUDA)")
+    if cfg.compile_mode != "default" and not (cfg.compile_layers or cfg.compile_teacher):
+        raise ValueError(f"task.speed.compile_mode={cfg.compile_mode} compiles nothing on its own: add "
+                         "task.speed.compile_layers=true and/or task.speed.compile_teacher=true")
 
 
 def autocast(device: torch.device, precision: str):
@@ -121,10 +134,10 @@ def cast_frozen(model: torch.nn.Module, dtype: torch.dtype, pos_conv_fp32: bool)
         pos_conv.float()
 
 
-def compile_layers(model: torch.nn.Module) -> None:
+def compile_layers(model: torch.nn.Module, mode: str = "default") -> None:
     """`torch.compile` each of `model.encoder.layers` in place; its state dict keeps its names."""
     for layer in model.encoder.layers:
-        layer.compile()
+        layer.compile(mode=mode)
 
 
 def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple:

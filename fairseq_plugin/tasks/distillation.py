@@ -179,7 +179,7 @@ class DistillationTask(AudioPretrainingTask):
         self.input_caches: dict[str, teacher_cache.TeacherCache] = {}  # the student's input, per split
         self._teacher_sha256: str | None = None
         forward = _hf_teacher_forward if isinstance(self.teacher, hf_teacher.HfTeacher) else _fairseq_teacher_forward
-        self._teacher_forward = torch.compile(forward) if cfg.speed.compile_teacher else forward
+        self._teacher_forward = torch.compile(forward, mode=cfg.speed.compile_mode) if cfg.speed.compile_teacher else forward
 
     def _load_teacher(self, cfg: DistillationConfig) -> tuple:
         """Load the frozen teacher (a fairseq checkpoint, or a Hugging Face directory) into `self.teacher`;
@@ -197,7 +197,7 @@ class DistillationTask(AudioPretrainingTask):
             speed.keep_pos_conv_fp32(self.teacher)
         speed.contiguous_layer_inputs(self.teacher)
         if cfg.speed.compile_layers:
-            speed.compile_layers(self.teacher)
+            speed.compile_layers(self.teacher, cfg.speed.compile_mode)
         self.teacher_model_cfg = teacher_cfg.model
         return describe(self.teacher, teacher_cfg), bool(teacher_cfg.task.get("normalize", False))
 
@@ -245,7 +245,7 @@ class DistillationTask(AudioPretrainingTask):
             pruning.attach(model, cfg.pruning)
         speed.contiguous_layer_inputs(model)
         if self.cfg.speed.compile_layers:
-            speed.compile_layers(model)
+            speed.compile_layers(model, self.cfg.speed.compile_mode)
         return model
 
     def _student_cnn_like_teachers(self, cfg) -> None:
