@@ -16,15 +16,21 @@
 #     EQL schedule (run.sh stage 3), and interleaved with PROP; with --ablations all, interleaved
 #     EQL with one change each (fresh Adam moments for the copies, after or before their source;
 #     noise on the copies; a learning-rate re-warm-up after each growth; the layer terms summed;
-#     --ablations names a subset);
+#     --ablations names a subset); with --shapes, the deep-versus-wide students (Ashihara et al.
+#     2022) at about the `tiny` student's size, no growth: 3 x 240 and DistilHuBERT-shaped 2 x 272,
+#     heads for every target on the last layer (deep is `none`, 12 x 128);
 #     for each of --budgets, --budget-operators (interleaved and none) again at that many updates
 #     (does the gap close, does the operators' order change with a longer run?). The teacher's
 #     targets are cached on disk, once per seed, for all of them
-#   5 the report: <expdir>/report.md (mean +- std over seeds, paired differences, time to quality)
+#   5 downstream: mini-SUPERB (PR, ASR, SF, KS, SID) of the teacher, a random-init student and every
+#     student of stage 4's main runs (and shapes) at each of --downstream-seeds
+#     (local/repro_downstream.py; --downstream false skips it)
+#   6 the report: <expdir>/report.md (mean +- std over seeds, paired differences, time to quality,
+#     downstream scores, deep versus wide)
 set -euo pipefail
 
 stage=1
-stop_stage=5
+stop_stage=6
 expdir=exp/repro
 datadir=data
 seeds="1 2 3"
@@ -39,6 +45,10 @@ teacher_args=""        # more teacher overrides (after the mode's own), e.g. "mo
 distill_args=""        # more student overrides (after the mode's own)
 kmeans_clusters=50
 superb_config=conf/superb/mini.yaml   # the layer probe's task budgets
+shapes=true            # stage 4: the deep-versus-wide students too (true/false)
+downstream=true        # stage 5: mini-SUPERB of the students (true/false)
+downstream_seeds=""    # stage 5: the student seeds taken downstream; empty: all of --seeds
+downstream_config=conf/superb/mini.yaml   # stage 5: mini-SUPERB's tasks, budgets and head seeds
 nj=2
 
 cd "$(dirname "$0")/.."
@@ -106,6 +116,14 @@ for a in ${ablations}; do
   groups+=([abl_${a}]="${ablation_groups[${a}]}")
   group_order+=" abl_${a}"
 done
+if [ "${shapes}" = true ]; then  # local/repro_downstream.py SHAPES names them
+  groups+=([shape_wide]="none|${updates}|model.encoder_layers=3 model.encoder_embed_dim=240 \
+model.encoder_ffn_embed_dim=960 model.encoder_attention_heads=4 criterion.target_layers=last"
+    [shape_distilhubert]="none|${updates}|model.encoder_layers=2 model.encoder_embed_dim=272 \
+model.encoder_ffn_embed_dim=1088 model.encoder_attention_heads=4 criterion.target_layers=last \
+criterion.loss=l1_cosine criterion.layer_weight=1.0")
+  group_order+=" shape_wide shape_distilhubert"
+fi
 for u in ${budgets}; do
   groups+=([budget${u}]="${budget_operators}|${u}|")
   group_order+=" budget${u}"
@@ -128,13 +146,35 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
       log "Stage 4: seed ${seed}, ${group}: ${operators}, ${group_updates} updates -> ${run_exp}/distill"
       ./run.sh --stage 3 --stop-stage 3 --datadir "${datadir}" --expdir "${run_exp}" --preset "${preset}" \
         --operators "${operators}" \
-        --distill-args "common.seed=${seed} $(student_args "${group_updates}") ${overrides} ${distill_args}"
+        --distill-args "common.seed=${seed} $(student_args "${group_updates}") ${distill_args} ${overrides}"
     done
   done
 fi
 
-if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
-  log "Stage 5: the report -> ${expdir}/report.md"
+if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ] && [ "${downstream}" = true ]; then
+  seeds_down=${downstream_seeds:-${seeds}}
+  local/export_upstream.sh "${teacher}" "${expdir}/upstreams/teacher"
+  upstreams=(--upstream "teacher=${expdir}/upstreams/teacher/s3prl.pt")
+  # shellcheck disable=SC2086
+  mapfile -t pairs < <(python -m local.repro_downstream upstreams "${expdir}" --seeds ${seeds_down} \
+    $([ "${shapes}" = true ] && echo --shapes))
+  for pair in "${pairs[@]}"; do
+    name=${pair%%=*}
+    local/export_upstream.sh "${pair#*=}" "${expdir}/upstreams/${name}"
+    upstreams+=(--upstream "${name}=${expdir}/upstreams/${name}/s3prl.pt")
+  done
+  first=${pairs[0]#*=}  # a student of the preset's shape, its weights drawn afresh
+  local/export_upstream.sh "${first}" "${expdir}/upstreams/random_init" --random-init
+  upstreams+=(--upstream "random_init=${expdir}/upstreams/random_init/s3prl.pt")
+  log "Stage 5: mini-SUPERB (${downstream_config}) of ${#upstreams[@]} upstreams -> ${expdir}/superb (log: ${expdir}/superb/superb.log)"
+  mkdir -p "${expdir}/superb"
+  python -m local.superb.run --config "${downstream_config}" --datadir "${datadir}" --out "${expdir}/superb" \
+    --nj "${nj}" "${upstreams[@]}" > "${expdir}/superb/superb.log" 2>&1 || { tail -n 20 "${expdir}/superb/superb.log"; exit 1; }
+  cat "${expdir}/superb/results.md"
+fi
+
+if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
+  log "Stage 6: the report -> ${expdir}/report.md"
   # shellcheck disable=SC2086
   python -m local.repro_report "${expdir}" --seeds ${seeds} --budgets ${budgets}
 fi

@@ -16,7 +16,9 @@ probe, and writes `<exp>/report.md` and `<exp>/dev_loss_vs_wallclock.png`:
 - with --budgets, interleaved against none at each longer budget (`<exp>/budget<U>_seed<k>`): does
   the gap close as the run gets longer? With `<exp>/dev_loss_vs_updates.png`, the curves of the
   longest budget with its growths marked; where the longer budgets ran stack_top and MIDAS too
-  (repro.sh --budget-operators), every operator's dev loss at each budget and their order.
+  (repro.sh --budget-operators), every operator's dev loss at each budget and their order;
+- where stage 5 ran, each run's mini-SUPERB scores over student seeds, paired against full depth
+  and against interleaved, and deep against wide (`local/repro_downstream.py`).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import statistics
 from pathlib import Path
 
 from fairseq_plugin.atomic_io import atomic_write_text
+from local import repro_downstream
 from local.distill.report import Run, parse_log, save_figure
 
 # name in the report -> (exp dir group, operator)
@@ -275,7 +278,7 @@ def report(exp: Path, seeds: list[int], longer: list[int] = ()) -> str:
               "", "## Paired against full depth at equal wall clock", "", *paired_equal_time(metrics),
               "", "## Paired against interleaved (EQL)", "", *paired(metrics, OURS), "", verdict(metrics), "",
               *ablations(exp, seeds, runs), *budgets(exp, seeds, runs, list(longer)),
-              *operators_by_budget(exp, seeds, runs, list(longer))]
+              *operators_by_budget(exp, seeds, runs, list(longer)), *repro_downstream.sections(exp, seeds)]
     text = "\n".join(lines)
     atomic_write_text(exp / "report.md", text)
     plot(runs, exp / "dev_loss_vs_wallclock.png")

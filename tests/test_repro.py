@@ -1,12 +1,14 @@
 """The reproduction mode (local/repro.sh) end to end on the tiny corpus, on a tiny budget: a
-teacher, its layer probe, five student runs, two of the ablations and every operator at a longer
-budget at two seeds, and the report with its statistics."""
+teacher, its layer probe, five student runs, two of the ablations, the deep-versus-wide students
+and every operator at a longer budget at two seeds, mini-SUPERB of the students of one seed, and
+the report with its statistics."""
 from __future__ import annotations
 
 import re
 import shutil
 
 import pytest
+import torch
 import yaml
 
 from local.repro_report import ABLATIONS
@@ -31,6 +33,7 @@ def test_repro_mode_reports_every_run_over_seeds(tiny_corpus, tmp_path):
                 "--seeds", "1 2", "--updates", "6", "--budgets", "8", "--budget-operators", "interleaved stack_top midas none",
                 "--ablations", "rewarm sum", "--teacher-updates", "4", "--teacher-layers", "3",
                 "--kmeans-clusters", "8", "--teacher-args", TINY_TEACHER, "--superb-config", str(tmp_path / "probe.yaml"),
+                "--downstream-config", str(tmp_path / "probe.yaml"), "--downstream-seeds", "2",
                 "--distill-args", f"{student} model.encoder_layers=6 common.log_interval=1"])
     exp = tmp_path / "repro"
     probe = (exp / "probe" / "layers.md").read_text()
@@ -53,9 +56,22 @@ def test_repro_mode_reports_every_run_over_seeds(tiny_corpus, tmp_path):
     assert "lr_scale=" in (exp / "abl_rewarm_seed1" / "distill" / "interleaved" / "train.log").read_text()
     # The teacher's targets were filled before the runs: every run found them all on disk.
     logs = list(exp.glob("*_seed*/distill/*/train.log"))
-    assert len(logs) == 2 * (5 + 2 + 4)  # the main runs, two ablations, four operators at the longer budget
+    assert len(logs) == 2 * (5 + 2 + 2 + 4)  # the main runs, two ablations, two shapes, four operators at the longer budget
     for log in logs:
         assert re.search(r"teacher targets for train cached in \S+ \(100% filled\)", log.read_text()), log
     # PROP's schedule reached the interleaved run of its own group
     assert "prop" in (exp / "prop_seed1" / "distill" / "interleaved" / "train.log").read_text()
-    assert "Stage 5" in proc.stdout
+    assert "Stage 6" in proc.stdout
+    # Downstream: every main run of seed 2 through mini-SUPERB, with the teacher and a random init
+    downstream = report[report.index("## Downstream: mini-SUPERB (student seeds 2;"):]
+    for name in ("interleaved EQL", "interleaved PROP", "stack_top EQL", "midas EQL", "none", "teacher", "random_init"):
+        assert re.search(rf"^\| {name} \|( [\d.]+ \|){{7}}$", downstream, flags=re.M), name
+    assert re.search(r"^\| interleaved EQL \| [-\d.]+ \(\d of 1 better\)", downstream, flags=re.M)  # paired
+    # Deep versus wide: three students of about the same size, and a verdict
+    shapes = downstream[downstream.index("## Deep versus wide"):]
+    sizes = [float(m) for m in re.findall(r"^\| (?:deep|wide|DistilHuBERT)[^|]+\| ([\d.]+)M \|", shapes, flags=re.M)]
+    assert len(sizes) == 3 and all(size > 0 for size in sizes)
+    assert re.search(r"\*\*(holds|does not hold)\*\*", shapes)
+    layers = torch.load(exp / "upstreams" / "shape_distilhubert_none_seed2" / "s3prl.pt",
+                        weights_only=False)["model_cfg"]["encoder_layers"]
+    assert layers == 2
