@@ -2,9 +2,10 @@
 # Anytime students: quality against depth. After run.sh's stages 1-2 (data, teacher), distils one
 # student per way of training for any depth, cuts each to every depth in --depths (export --depth),
 # and scores them all with mini-SUPERB (PR, ASR, SID: conf/superb/anytime.yaml), beside each
-# depth's real-time factor on this machine (README: Layer dropping).
+# depth's real-time factor on this machine (README: Layer dropping); the depths in --espnet-depths
+# also go through ESPnet ASR (local/asr/asr.sh, run.sh stage 4's recipe), their WER in the table.
 #
-#   local/anytime.sh [--expdir exp/anytime] [--depths "3 6 9 12"] [--distill-args "..."]
+#   local/anytime.sh [--expdir exp/anytime] [--depths "3 6 9 12"] [--espnet-depths "3 12"] [--distill-args "..."]
 #
 #   static           full depth from the start, no dropping; cut after the fact
 #   layerdrop        full depth, each layer but the last skipped with p = 0.5 (plain, no reference)
@@ -21,6 +22,11 @@ preset=tiny
 depths="3 6 9 12"
 superb_config=conf/superb/anytime.yaml
 distill_args=""   # more fairseq-hydra-train overrides for every student, last
+espnet_depths=""  # depths whose students also train ESPnet ASR (about 4 min each on 2 cores), e.g. "3 6 9 12"
+asr_config=conf/asr/tiny_s3prl.yaml  # as run.sh stage 4
+inference_config=conf/asr/decode_ctc_greedy.yaml
+nbpe=30
+asr_train_args=""  # more espnet2.bin.asr_train arguments, e.g. "--max_epoch 1"
 nj=2
 . utils/parse_options.sh
 . ./path.sh
@@ -61,5 +67,21 @@ upstreams+=(--upstream "random_init=${expdir}/upstreams/random_init/s3prl.pt")
 log "mini-SUPERB (${superb_config}) on every student at every depth -> ${expdir}/superb (log: ${expdir}/superb/log/superb.log)"
 ${train_cmd} "${expdir}/superb/log/superb.log" python -m local.superb.run --config "${superb_config}" \
   --datadir "${datadir}" --out "${expdir}/superb" --nj "${nj}" "${upstreams[@]}"
+asr_opts=()
+if [ -n "${espnet_depths}" ]; then
+  asr_dir=${expdir}/asr
+  exps=()
+  for v in ${variants}; do
+    for d in ${espnet_depths}; do
+      log "ESPnet ASR (${asr_config}) on ${v} cut to depth ${d} -> ${asr_dir}"
+      local/asr/asr.sh --tag "${v}_depth${d}" --upstream-dir "${expdir}/upstreams/${v}_depth${d}" --config "${asr_config}" \
+        --inference-config "${inference_config}" --nbpe "${nbpe}" --datadir "${datadir}" --asr-dir "${asr_dir}" \
+        --train-args "${asr_train_args}"
+      exps+=("${v}_depth${d}=${asr_dir}/asr_$(basename "${asr_config}" .yaml)_${v}_depth${d}_bpe${nbpe}")  # asr.sh's name
+    done
+  done
+  python -m local.asr.report "${asr_dir}" --exps "${exps[@]}" --inference "$(basename "${inference_config}" .yaml)"
+  asr_opts=(--asr-results "${asr_dir}/results.md")
+fi
 python -m local.superb.depth_report --superb "${expdir}/superb" --upstreams "${expdir}/upstreams" \
-  --variants "${variants}" --depths "${depths}" --data "${datadir}/test"
+  --variants "${variants}" --depths "${depths}" --data "${datadir}/test" "${asr_opts[@]}"

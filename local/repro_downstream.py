@@ -92,7 +92,7 @@ def _table(rows: dict[str, dict[int, dict[str, float]]], metrics: list[str], ext
 
 
 def _paired(rows: dict[str, dict[int, dict[str, float]]], against: str, metrics: list[str]) -> list[str]:
-    lines = [f"| run | " + " | ".join(f"{METRICS[m]} minus {against}'s" for m in metrics) + " |",
+    lines = ["| run | " + " | ".join(f"{METRICS[m]} minus {against}'s" for m in metrics) + " |",
              "|---" * (len(metrics) + 1) + "|"]
     base = rows[against]
     for name, by_seed in rows.items():
@@ -144,7 +144,7 @@ def deep_versus_wide(exp: Path, seeds: list[int], metrics: list[str]) -> list[st
     content = all(_better(m, mean[deep][m] - mean[w][m]) for m in CONTENT if m in metrics for w in wide)
     speaker = all(any(_better(m, mean[w][m] - mean[deep][m]) for w in wide) for m in SPEAKER if m in metrics)
     holds = "holds" if content and speaker else "does not hold"
-    return [f"## Deep versus wide (Ashihara et al. 2022; same teacher, no growth, about the same size)", "",
+    return ["## Deep versus wide (Ashihara et al. 2022; same teacher, no growth, about the same size)", "",
             *_table(rows, metrics, {n: sizes[n] for n in rows}), "",
             f"The finding that depth helps content (PR, ASR) and width helps speaker identity (SID) **{holds}** "
             f"here: the deep student is {'ahead of' if content else 'not ahead of'} every wider one on PR and ASR, "

@@ -24,6 +24,7 @@ def test_repro_mode_reports_every_run_over_seeds(tiny_corpus, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_corpus / "data", data, symlinks=True)
     probe_cfg = yaml.safe_load((REPO / "conf/superb/mini.yaml").read_text())
+    probe_cfg["seeds"] = [0]  # one head per task and upstream
     for task in probe_cfg["tasks"].values():
         task["steps"] = 3
     (tmp_path / "probe.yaml").write_text(yaml.safe_dump(probe_cfg))

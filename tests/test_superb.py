@@ -123,12 +123,17 @@ def test_anytime_students_are_scored_at_every_depth(tiny_corpus, tiny_teacher, t
     small = f"{SMALL} model.encoder_layers=6 optimization.max_update=4"
     run(["local/anytime.sh", "--expdir", str(tmp_path / "exp"), "--datadir", str(tiny_corpus / "data"),
          "--teacher", str(tiny_teacher), "--depths", "2 6", "--superb-config", str(tmp_path / "anytime.yaml"),
-         "--distill-args", small])
+         "--distill-args", small, "--espnet-depths", "2",
+         "--asr-train-args", "--batch_type folded --batch_size 4 --max_epoch 1 --num_workers 0"])
     table = (tmp_path / "exp/superb/depth.md").read_text()
-    rows = re.findall(r"^\| (\w+) \| (\S+) \| .* \| ([\d.]+|-) \|$", table, flags=re.M)
+    rows = re.findall(r"^\| (\w+) \| (\S+) \| .* \| ([\d.]+|-) \| ([\d.]+|-) \|$", table, flags=re.M)
     assert [(r[0], r[1]) for r in rows] == [("teacher", "-"), ("random_init", "-")] + [
         (v, d) for v in ("static", "layerdrop", "dld", "interleaved_dld") for d in ("2", "6")]
-    assert all(float(r[2]) > 0 for r in rows if r[1] != "-")  # a real-time factor for every depth
+    assert all(float(r[3]) > 0 for r in rows if r[1] != "-")  # a real-time factor for every depth
+    assert "ESPnet WER (%)" in table
+    espnet = {(r[0], r[1]): r[2] for r in rows if r[1] != "-"}
+    assert all(float(espnet[v, "2"]) > 0 for v in ("static", "layerdrop", "dld", "interleaved_dld"))  # ESPnet's WER
+    assert all(espnet[v, "6"] == "-" for v in ("static", "layerdrop", "dld", "interleaved_dld"))  # not asked for
     logs = {v: (tmp_path / f"exp/distill/{v}/train.log").read_text() for v in ("layerdrop", "dld", "interleaved_dld")}
     assert "kept_depth" in logs["layerdrop"] and "loss_reference" not in logs["layerdrop"]
     assert "loss_reference" in logs["dld"] and "growth at update" in logs["interleaved_dld"]

@@ -18,6 +18,12 @@ from local.asr.score import sum_avg
 from local.asr.show_results import results_md
 
 
+def read_results(path: Path) -> dict[str, float]:
+    """upstream -> WER (%) from a `results.md` this module wrote."""
+    rows = (line.split("|")[1:3] for line in path.read_text().splitlines() if line.startswith("| "))
+    return {name.strip(): float(wer) for name, wer in rows if name.strip() != "upstream"}
+
+
 def decode_dir(exp: Path, inference: str, test_set: str) -> Path:
     found = sorted(p.parent.parent for p in exp.glob(f"{inference}_asr_model_*/{test_set}/score_wer/result.txt"))
     if len(found) != 1:
