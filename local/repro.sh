@@ -48,7 +48,8 @@ superb_config=conf/superb/mini.yaml   # the layer probe's task budgets
 shapes=true            # stage 4: the deep-versus-wide students too (true/false)
 downstream=true        # stage 5: mini-SUPERB of the students (true/false)
 downstream_seeds=""    # stage 5: the student seeds taken downstream; empty: all of --seeds
-downstream_config=conf/superb/mini.yaml   # stage 5: mini-SUPERB's tasks, budgets and head seeds
+downstream_config=conf/superb/mini.yaml   # stage 5: mini-SUPERB's tasks and budgets
+downstream_head_seeds="0"   # stage 5: head seeds per student (the spread reported is over student seeds)
 nj=2
 
 cd "$(dirname "$0")/.."
@@ -168,8 +169,9 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ] && [ "${downstream}" = true
   upstreams+=(--upstream "random_init=${expdir}/upstreams/random_init/s3prl.pt")
   log "Stage 5: mini-SUPERB (${downstream_config}) of ${#upstreams[@]} upstreams -> ${expdir}/superb (log: ${expdir}/superb/superb.log)"
   mkdir -p "${expdir}/superb"
+  # shellcheck disable=SC2086
   python -m local.superb.run --config "${downstream_config}" --datadir "${datadir}" --out "${expdir}/superb" \
-    --nj "${nj}" "${upstreams[@]}" > "${expdir}/superb/superb.log" 2>&1 || { tail -n 20 "${expdir}/superb/superb.log"; exit 1; }
+    --seeds ${downstream_head_seeds} --nj "${nj}" "${upstreams[@]}" > "${expdir}/superb/superb.log" 2>&1 || { tail -n 20 "${expdir}/superb/superb.log"; exit 1; }
   cat "${expdir}/superb/results.md"
 fi
 

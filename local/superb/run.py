@@ -102,8 +102,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--upstream", action="append", required=True, metavar="NAME=S3PRL_CKPT")
     parser.add_argument("--nj", type=int, default=1, help="upstreams evaluated at once, one thread each")
     parser.add_argument("--ngpu", type=int, default=0, help="> 0: extract features on the GPU (heads stay on the CPU)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="head seeds, in place of the config's `seeds`")
     args = parser.parse_args(argv)
     cfg = yaml.safe_load(args.config.read_text())
+    if args.seeds:
+        cfg["seeds"] = args.seeds  # part of each upstream's stamp, as the config is
     upstreams = dict(item.partition("=")[::2] for item in args.upstream)
     for name, ckpt in upstreams.items():
         print(f"mini-SUPERB: {name} ({ckpt})", flush=True)
