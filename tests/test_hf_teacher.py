@@ -10,7 +10,7 @@ import torch
 import transformers
 from fairseq import checkpoint_utils
 
-from fairseq_plugin import hf_teacher
+from fairseq_plugin import hf_teacher, speed
 from fairseq_plugin.checkpoints import CheckpointError
 from fairseq_plugin.export import export
 from fairseq_plugin.models.student import GrowingStudent, StudentConfig
@@ -143,3 +143,21 @@ def test_run_sh_takes_a_hugging_face_teacher(tiny_corpus, tmp_path):
     assert (tmp_path / "exp/teacher/teacher.pt").is_symlink()
     assert "teacher " in (tmp_path / "exp/distill/interleaved/train.log").read_text()
     assert (tmp_path / "exp/distill/interleaved/student.pt").is_file()
+
+
+@pytest.mark.parametrize("name", CLASSES)
+def test_a_hugging_face_teacher_in_bf16_weights_gives_the_fp32_targets_within_rounding(name, tiny_corpus, tmp_path):
+    """`task.speed.teacher_precision=bf16_weights` casts a Hugging Face teacher too, and hands it
+    its input in bf16: the targets agree with fp32 ones to bf16's rounding, and are not the same."""
+    from tests.test_precision import build
+
+    save_teacher(name, tmp_path / "teacher")
+    targets = {}
+    for precision in ("fp32", "bf16_weights"):
+        task, _, _, _, sample = build(tiny_corpus, tmp_path / "teacher", teacher_precision=precision)
+        with torch.no_grad():
+            targets[precision] = [t.float() for t in task.teacher_outputs(sample).values()]
+        assert next(task.teacher.parameters()).dtype == speed.frozen_weights_dtype(precision)
+    for fp32, bf16 in zip(targets["fp32"], targets["bf16_weights"]):
+        relative = (bf16 - fp32).norm() / fp32.norm()
+        assert 0 < relative < 0.05, relative
