@@ -167,7 +167,7 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ] && [ "${downstream}" = true
   first=${pairs[0]#*=}  # a student of the preset's shape, its weights drawn afresh
   local/export_upstream.sh "${first}" "${expdir}/upstreams/random_init" --random-init
   upstreams+=(--upstream "random_init=${expdir}/upstreams/random_init/s3prl.pt")
-  log "Stage 5: mini-SUPERB (${downstream_config}) of ${#upstreams[@]} upstreams -> ${expdir}/superb (log: ${expdir}/superb/superb.log)"
+  log "Stage 5: mini-SUPERB (${downstream_config}) of $(( ${#upstreams[@]} / 2 )) upstreams -> ${expdir}/superb (log: ${expdir}/superb/superb.log)"
   mkdir -p "${expdir}/superb"
   # shellcheck disable=SC2086
   python -m local.superb.run --config "${downstream_config}" --datadir "${datadir}" --out "${expdir}/superb" \
