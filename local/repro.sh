@@ -157,8 +157,9 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ] && [ "${downstream}" = true
   local/export_upstream.sh "${teacher}" "${expdir}/upstreams/teacher"
   upstreams=(--upstream "teacher=${expdir}/upstreams/teacher/s3prl.pt")
   # shellcheck disable=SC2086
-  mapfile -t pairs < <(python -m local.repro_downstream upstreams "${expdir}" --seeds ${seeds_down} \
-    $([ "${shapes}" = true ] && echo --shapes))
+  listing=$(python -m local.repro_downstream upstreams "${expdir}" --seeds ${seeds_down} \
+    $([ "${shapes}" = true ] && echo --shapes))  # fails, naming the file, where a student is missing
+  mapfile -t pairs <<< "${listing}"
   for pair in "${pairs[@]}"; do
     name=${pair%%=*}
     local/export_upstream.sh "${pair#*=}" "${expdir}/upstreams/${name}"
