@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 from pathlib import Path
 
 import torch
 
 from local.superb.columns import METRICS
+from local.superb.report import mean_std
 
-# name in the report -> (exp dir group, operator); the upstream of a seed is exported as
-# <exp>/upstreams/<group>_<operator>_seed<k>
+# The reproduction mode's main runs (local/repro_report.py reads them too): name in the report ->
+# (exp dir group, operator); the upstream of a seed is exported as <exp>/upstreams/<group>_<operator>_seed<k>
 RUNS = {"interleaved EQL": ("eql", "interleaved"), "interleaved PROP": ("prop", "interleaved"),
         "stack_top EQL": ("eql", "stack_top"), "midas EQL": ("eql", "midas"), "none": ("eql", "none")}
 # Ashihara et al. (2022): students of about the `tiny` student's size, no growth; deep is `none`.
@@ -62,13 +62,6 @@ def _scores(superb: Path, name: str) -> dict[str, float] | None:
     return {m: statistics.mean(v) for m, v in json.loads(path.read_text())["scores"].items()}
 
 
-def _mean_std(values: list[float]) -> str:
-    values = [v for v in values if math.isfinite(v)]
-    if not values:
-        return "-"
-    return f"{statistics.mean(values):.2f}" + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
-
-
 def _better(metric: str, diff: float) -> bool:
     return diff < 0 if metric in LOWER_IS_BETTER else diff > 0
 
@@ -86,7 +79,7 @@ def _table(rows: dict[str, dict[int, dict[str, float]]], metrics: list[str], ext
     head = ["run", *([next(iter(extra.values()))[0]] if extra else []), *(METRICS[m] for m in metrics)]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for name, by_seed in rows.items():
-        cells = [_mean_std([s[m] for s in by_seed.values()]) for m in metrics]
+        cells = [mean_std([s[m] for s in by_seed.values()]) for m in metrics]
         lines.append("| " + " | ".join([name, *([extra[name][1]] if extra else []), *cells]) + " |")
     return lines
 
@@ -102,7 +95,7 @@ def _paired(rows: dict[str, dict[int, dict[str, float]]], against: str, metrics:
         for m in metrics:
             diffs = [by_seed[s][m] - base[s][m] for s in sorted(by_seed) if s in base]
             better = sum(_better(m, d) for d in diffs)
-            cells.append(f"{_mean_std(diffs)} ({better} of {len(diffs)} better)" if diffs else "-")
+            cells.append(f"{mean_std(diffs)} ({better} of {len(diffs)} better)" if diffs else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 

@@ -29,11 +29,9 @@ from pathlib import Path
 
 from fairseq_plugin.atomic_io import atomic_write_text
 from local import repro_downstream
+from local.repro_downstream import RUNS  # name in the report -> (exp dir group, operator)
 from local.distill.report import Run, parse_log, save_figure
 
-# name in the report -> (exp dir group, operator)
-RUNS = {"interleaved EQL": ("eql", "interleaved"), "interleaved PROP": ("prop", "interleaved"),
-        "stack_top EQL": ("eql", "stack_top"), "midas EQL": ("eql", "midas"), "none": ("eql", "none")}
 REFERENCE, OURS = "none", "interleaved EQL"
 # ablations of interleaved EQL, one change each (local/repro.sh --ablations true): name -> exp dir group
 ABLATIONS = {"fresh Adam moments for the copies": "abl_fresh",
