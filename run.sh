@@ -16,7 +16,7 @@ $(sed -n '/^stage=/,/^superb_config=/p' "$0" | sed 's/^\([a-z0-9_]*\)=/  --\1 /;
 stage=1
 stop_stage=5
 ngpu=0                      # GPUs for stages 3-5 (0: CPU)
-nj=2                        # parallel jobs (data prep, mini-SUPERB upstreams)
+nj=2                        # parallel jobs (data prep, feature stores, ESPnet runs, mini-SUPERB heads)
 librispeech_root=""         # LibriSpeech in its own layout; empty: the embedded espeak-ng corpus
 librispeech_splits="train-clean-100 dev-clean test-clean"
 teacher_ckpt=""             # a released fairseq HuBERT/wav2vec 2.0/data2vec checkpoint; empty: train one
@@ -31,7 +31,9 @@ preset=tiny                 # conf/distill/<preset>.yaml: tiny, paper, deep_narr
 operators=""                # stage 3: growth operators, one run each; empty: the preset's (task.growth.compare)
 extra_presets=""            # stage 3: more students, one run of each preset's own operator (e.g. "dphubert_tiny"), evaluated beside them in stages 4 and 5
 distill_args=""             # stage 3: more fairseq-hydra-train overrides, e.g. "optimization.max_update=1000"
+teacher_cache=auto          # stage 3: true: the teacher's targets kept on disk (exp/distill/teacher_cache), computed by the first run and read by the others; auto: true on the embedded corpus, false on LibriSpeech (HuBERT Base's need 0.8 GB per audio hour)
 asr_config=conf/asr/tiny_s3prl.yaml  # stage 4: ESPnet ASR config (an S3PRL front end)
+asr_feats_type=""           # stage 4: extracted (ESPnet trains on each upstream's stored hidden states) or raw (the config's front end, live); empty: extracted on the embedded corpus, raw on LibriSpeech
 nbpe=30                     # stage 4: sentencepiece BPE size (LibriSpeech 100 h recipes use 5000)
 bpemode=bpe                 # stage 4: sentencepiece model type, unigram or bpe (ESPnet's --bpemode)
 inference_config=conf/asr/decode_ctc_greedy.yaml  # stage 4: decoding options (ESPnet's --inference_config)
@@ -39,6 +41,7 @@ superb_tasks=""             # stage 5 on real data: SUPERB tasks for S3PRL's run
 s3prl_root=""               # stage 5 on real data: a checkout of github.com/s3prl/s3prl (configs, lexicons, runner)
 upstream_depths=""          # stages 4, 5: also evaluate the students cut to these depths (export --depth), e.g. "3 6 9"
 superb_config=conf/superb/mini.yaml  # stage 5: mini-SUPERB tasks, budgets and learning rates
+superb_all_operators=false  # stage 5: true: the student of every growth operator of stage 3; false: stage 4's (the first operator's, with extra presets and depth cuts)
 
 cd "$(dirname "$0")"
 . utils/parse_options.sh
@@ -79,6 +82,28 @@ claim_dir() {
 }
 # export_upstream SRC NAME [export options]: SRC exported into ${upstream_dir}/NAME (local/export_upstream.sh)
 export_upstream() { local/export_upstream.sh "$1" "${upstream_dir}/$2" "${@:3}"; }
+# side_by_side LOG_DIR FUNCTION NAME...: FUNCTION NAME for each NAME, --nj at a time, each with its share of
+# the cores and its output in LOG_DIR/NAME.log; fails once all have ended if any failed, showing its log's end.
+side_by_side() {
+  local log_dir=$1 fn=$2 name failed=0
+  shift 2
+  mkdir -p "${log_dir}"
+  for name in "$@"; do
+    rm -f "${log_dir}/${name}.rc"
+    while [ "$(jobs -rp | wc -l)" -ge "${nj}" ]; do wait -n || true; done
+    ( set +e; OMP_NUM_THREADS=$(( $(nproc) / nj > 1 ? $(nproc) / nj : 1 )) "${fn}" "${name}" > "${log_dir}/${name}.log" 2>&1
+      echo $? > "${log_dir}/${name}.rc" ) &
+  done
+  wait
+  for name in "$@"; do
+    if [ "$(cat "${log_dir}/${name}.rc" 2>/dev/null)" != 0 ]; then
+      log "error: ${fn} ${name} failed (${log_dir}/${name}.log):"
+      tail -n 20 "${log_dir}/${name}.log"
+      failed=1
+    fi
+  done
+  return "${failed}"
+}
 
 ./local/setup_env.sh
 . ./path.sh
@@ -110,10 +135,16 @@ else
   valid_set=dev
   test_set=test
 fi
+if [ "${teacher_cache}" = auto ]; then
+  if [ -n "${librispeech_root}" ]; then teacher_cache=false; else teacher_cache=true; fi
+fi
+[ -n "${asr_feats_type}" ] || if [ -n "${librispeech_root}" ]; then asr_feats_type=raw; else asr_feats_type=extracted; fi
+case "${asr_feats_type}" in raw|extracted) ;; *) echo "run.sh: --asr-feats-type ${asr_feats_type}: raw or extracted" >&2; exit 1;; esac
 teacher_dir=$(abspath "${expdir}/teacher")
 distill_dir=$(abspath "${expdir}/distill")
 asr_dir=$(abspath "${expdir}/asr")
 upstream_dir=$(abspath "${expdir}/upstreams")
+features_dir=$(abspath "${expdir}/features")  # each upstream's hidden states (local/feature_store.py), stages 4 and 5
 manifests=$(abspath "${datadir}/manifests")
 
 if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
@@ -173,6 +204,10 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
   stage_begin
   read -r -a extra_opts <<< "${distill_args}"  # split on spaces, never globbed; last, so they win
   if [ "${ngpu}" -gt 0 ]; then job_cmd="${cuda_cmd} --gpu ${ngpu}"; else job_cmd=${train_cmd}; fi
+  cache_opts=()
+  # One teacher cache for all runs (fairseq_plugin/teacher_cache.py keys it on the teacher, data, crops and
+  # precision): the first run of each kind fills it, the others' steps run the student alone.
+  [ "${teacher_cache}" = true ] && cache_opts=("task.speed.teacher_cache=${distill_dir}/teacher_cache")
   # distill <preset> <op> <log> <dir> [overrides...]: one fairseq-hydra-train run of <preset> with growth <op>
   # into <dir>/checkpoints, through job_cmd (cmd.sh: utils/run.pl here or utils/slurm.pl, the output in
   # <log>); the user's --distill-args come last, so they win.
@@ -183,7 +218,7 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
     ${job_cmd} "${log_file}" fairseq-hydra-train --config-dir "${MAIN_ROOT}/conf" --config-name "distill/${run_preset}" \
       task.data="${manifests}" task.teacher_checkpoint="${teacher_dir}/teacher.pt" task.growth.operator="${op}" \
       dataset.train_subset="${train_set}" dataset.valid_subset="${valid_set}" "${device_opts[@]}" \
-      checkpoint.save_dir="${dir}/checkpoints" hydra.run.dir="${dir}/hydra" "$@" "${extra_opts[@]}"
+      checkpoint.save_dir="${dir}/checkpoints" hydra.run.dir="${dir}/hydra" "${cache_opts[@]}" "$@" "${extra_opts[@]}"
   }
   for run in ${students}; do
     run_dir=${distill_dir}/${run}
@@ -194,7 +229,7 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
     # What a run directory holds: the teacher, the data, the preset and every override, and its
     # operator; a finished run of the same key is kept as it is (its log and student).
     key="${op} $(python -m local.stamp --file teacher="${teacher_dir}/teacher.pt" --file data="${manifests}" \
-      --file preset="conf/distill/${p}.yaml" --value overrides="${device_opts[*]} ${distill_args}")"
+      --file preset="conf/distill/${p}.yaml" --value overrides="${device_opts[*]} ${cache_opts[*]} ${distill_args}")"
     if up_to_date "${run_dir}" "${key}" student.pt; then
       log "Stage 3: ${run_dir} is up to date with its inputs (${run_dir}/.inputs.json); kept"
       continue
@@ -235,12 +270,28 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
     export_upstream "${distill_dir}/${p}/student.pt" "${p}"
     more_tags+=("${p}")
   done
-  exps=()
-  for tag in teacher "${student_op}" "${more_tags[@]}" random_init; do
-    local/asr/asr.sh --tag "${tag}" --upstream-dir "${upstream_dir}/${tag}" --config "${asr_config}" --nbpe "${nbpe}" \
-      --bpemode "${bpemode}" --inference-config "${inference_config}" \
+  tags=(teacher "${student_op}" "${more_tags[@]}" random_init)
+  feats_opts=()
+  if [ "${asr_feats_type}" = extracted ]; then
+    # Each upstream's hidden states, once, for ESPnet's extracted-feature route (and stage 5's heads).
+    log "Stage 4: hidden states of ${tags[*]} -> ${features_dir}/<upstream>/{${train_set},${valid_set},${test_set}}"
+    store() {
+      python -m local.feature_store --upstream "${upstream_dir}/$1/s3prl.pt" --data-dir "${datadir}" \
+        --splits "${train_set}" "${valid_set}" "${test_set}" --out "${features_dir}/$1" --ngpu "${ngpu}"
+    }
+    side_by_side "${features_dir}/log" store "${tags[@]}"
+  fi
+  log "Stage 4: ESPnet runs of ${tags[*]}, ${nj} at a time -> ${asr_dir} (logs: ${asr_dir}/log/<upstream>.log)"
+  asr() {
+    [ "${asr_feats_type}" = raw ] || feats_opts=(--feats-dir "${features_dir}/$1")
+    local/asr/asr.sh --tag "$1" --upstream-dir "${upstream_dir}/$1" --config "${asr_config}" --nbpe "${nbpe}" \
+      --bpemode "${bpemode}" --inference-config "${inference_config}" "${feats_opts[@]}" \
       --datadir "${datadir}" --train-set "${train_set}" --valid-set "${valid_set}" --test-set "${test_set}" \
       --asr-dir "${asr_dir}" --ngpu "${ngpu}"
+  }
+  side_by_side "${asr_dir}/log" asr "${tags[@]}"
+  exps=()
+  for tag in "${tags[@]}"; do
     exps+=("${tag}=${asr_dir}/asr_$(basename "${asr_config}" .yaml)_${tag}_bpe${nbpe}")  # asr.sh's name for it
   done
   # WER/CER read back from sclite's score_{wer,cer}/result.txt -> results.md; all sclite tables -> RESULTS.md
@@ -248,6 +299,9 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
     --inference "$(basename "${inference_config}" .yaml)"
   stage_end 4
 fi
+# Stage 5's students: stage 4's (the first operator's and each extra preset's), or every stage-3 run's.
+stage5_students="${operators%% *}${extra_presets:+ ${extra_presets}}"
+[ "${superb_all_operators}" = true ] && stage5_students=${students}
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ] && [ -n "${librispeech_root}" ]; then
   stage_begin
   # SUPERB proper: S3PRL's own run_downstream.py (train, then evaluate) in .venv-s3prl, on the
@@ -259,7 +313,7 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ] && [ -n "${librispeech_root
   python -m local.superb.s3prl_runner --check "${superb_opts[@]}"
   export_upstream "${teacher_dir}/teacher.pt" teacher
   upstreams=(--upstream "teacher=${upstream_dir}/teacher/s3prl.pt")
-  for op in ${students}; do
+  for op in ${stage5_students}; do
     export_upstream "${distill_dir}/${op}/student.pt" "${op}"
     upstreams+=(--upstream "${op}=${upstream_dir}/${op}/s3prl.pt")
     [ "$(run_preset "${op}")" = "${preset}" ] || continue  # depth cuts: the preset's own students
@@ -279,7 +333,7 @@ elif [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
   upstreams=()
   export_upstream "${teacher_dir}/teacher.pt" teacher
   names=(teacher)
-  for op in ${students}; do
+  for op in ${stage5_students}; do
     export_upstream "${distill_dir}/${op}/student.pt" "${op}"
     names+=("${op}")
     [ "$(run_preset "${op}")" = "${preset}" ] || continue  # depth cuts: the preset's own students
@@ -295,7 +349,8 @@ elif [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
   done
   log "Stage 5: mini-SUPERB (${superb_config}: PR, ASR, SF, KS, SID) -> ${superb_dir}/results.{md,csv}, curves.png, layer_weights.png (log: ${superb_dir}/log/superb.log)"
   ${train_cmd} "${superb_dir}/log/superb.log" python -m local.superb.run --config "${superb_config}" \
-    --datadir "${datadir}" --out "${superb_dir}" --nj "${nj}" --ngpu "${ngpu}" "${upstreams[@]}"
+    --datadir "${datadir}" --out "${superb_dir}" --features-dir "${features_dir}" --nj "${nj}" --ngpu "${ngpu}" \
+    "${upstreams[@]}"
   cat "${superb_dir}/results.md"
   stage_end 5
 fi

@@ -9,16 +9,21 @@
 #
 # --upstream-dir holds the exports of `python -m fairseq_plugin.export` (hubert.pt, s3prl.pt);
 # the config is any ESPnet ASR config whose "<- yours" lines local/asr/make_config.py fills in.
+# With --feats-dir (the upstream's feature store, `python -m local.feature_store`) the model trains
+# and decodes on the stored hidden states, ESPnet's extracted-feature route (feats.scp, kaldi_ark,
+# `input_size` in the config), instead of running the frozen upstream on every batch.
 #
 # Dirs are named as ESPnet's asr.sh names them (under --asr-dir), plus a hash of the training text:
 #   bpe_<bpemode><nbpe>_<text hash>/, asr_stats_bpe_<bpemode><nbpe>_<text hash>/   shared by upstreams
+#   asr_stats_extracted_<tag>_bpe_<bpemode><nbpe>_<text hash>/   shapes of one upstream's stored features
 #   asr_<config>_<tag>_bpe<nbpe>/                                 training (train.log), RESULTS.md
 #   asr_.../<inference config>_asr_model_<model>/<test set>/     text, logdir/asr_inference.*.log,
 #                                                                 score_{cer,wer,ter}/result.txt
 # Each step keeps a stamp of what made its output (local/stamp.py: file hashes and options) and is
 # skipped only when that stamp is current, so a changed config, upstream or data dir reruns what
 # it makes stale; a killed run redoes only what was unfinished (ESPnet resumes its own training).
-# Jobs run through cmd.sh's ${train_cmd}/${cuda_cmd}/${decode_cmd}, each with its log.
+# Jobs run through cmd.sh's ${train_cmd}/${cuda_cmd}/${decode_cmd}, each with its log. Runs for
+# several upstreams may go side by side: the steps they share (BPE, raw-audio shapes) take a lock.
 set -euo pipefail
 
 tag=""
@@ -36,6 +41,7 @@ bpemode=bpe     # sentencepiece model type: unigram (ESPnet's asr.sh default) or
 bpe_nlsyms=""   # symbols sentencepiece keeps whole (its --user_defined_symbols), comma-separated
 ngpu=0          # GPUs for training (ESPnet's own multi-GPU processes when > 1); decoding uses one
 train_args=""   # extra arguments for espnet2.bin.asr_train, e.g. "--max_epoch 2"
+feats_dir=""    # the upstream's stored hidden states (<dir>/<split>/feats.scp); empty: raw audio through the config's front end
 score_opts=""   # extra sclite options (ESPnet's --score_opts)
 . utils/parse_options.sh
 . ./cmd.sh
@@ -52,26 +58,46 @@ case "${bpemode}" in unigram|bpe) ;; *) log "error: --bpemode ${bpemode}: unigra
 text_hash=$(sha256sum "${datadir}/${train_set}/text" | cut -c1-8)
 bpe_dir=${asr_dir}/bpe_${bpemode}${nbpe}_${text_hash}
 stats_dir=${asr_dir}/asr_stats_bpe_${bpemode}${nbpe}_${text_hash}
+# speech <split>: the split's speech as ESPnet's data loader takes it (path,speech,type)
+speech() { echo "${datadir}/$1/wav.scp,speech,sound"; }
+fold_length=80000  # ESPnet's asr.sh: 5 s of 16 kHz samples per length unit of a folded batch
+config_opts=()
+feats_keys=()
+if [ -n "${feats_dir}" ]; then
+  for split in "${train_set}" "${valid_set}" "${test_set}"; do
+    [ -f "${feats_dir}/${split}/.stamp.json" ] || { log "error: ${feats_dir}/${split}: no stored features (python -m local.feature_store)"; exit 1; }
+    feats_keys+=(--file "feats_${split}=${feats_dir}/${split}/.stamp.json")
+  done
+  speech() { echo "${feats_dir}/$1/feats.scp,speech,kaldi_ark"; }
+  fold_length=250  # the same 5 s, in the upstream's 50 Hz frames
+  stats_dir=${asr_dir}/asr_stats_extracted_${tag}_bpe_${bpemode}${nbpe}_${text_hash}
+  config_opts=(--input-size "$(cat "${feats_dir}/${train_set}/feats_dim")")
+fi
 exp=${asr_dir}/asr_$(basename "${config}" .yaml)_${tag}_bpe${nbpe}
 ngpu_one=$(( ngpu > 0 ? 1 : 0 ))   # stats and decoding run in one process
 mkdir -p "${asr_dir}"
-# What a killed run left half-done: its temporary dirs (finished steps were renamed into place).
-rm -rf "${asr_dir}"/.bpe.tmp-* "${asr_dir}"/.stats.tmp-* "${asr_dir}"/.train.yaml.tmp-* \
-  "${exp}"/*_asr_model_*/.decode.tmp-* "${exp}"/*_asr_model_*/*/.score.tmp-*
+# What a killed run left half-done: its temporary dirs (finished steps were renamed into place); those of
+# the steps runs share go under the lock below, since a run beside this one may be making them.
+stats_tmp=.$(basename "${stats_dir}").tmp-
+rm -rf "${asr_dir}/.train.yaml.tmp-${tag}-"* "${exp}"/*_asr_model_*/.decode.tmp-* "${exp}"/*_asr_model_*/*/.score.tmp-*
 # Stage 1's stamp says where the audio came from (wav.scp paths alone do not).
 prepared=()
 [ -f "${datadir}/.prepared.json" ] && prepared=(--file "prepared=${datadir}/.prepared.json")
 bpe_opts=(--token_type bpe --bpemodel "${bpe_dir}/bpe.model" --token_list "${bpe_dir}/tokens.txt"
           --cleaner none --g2p none --non_linguistic_symbols none)
-data_opts=(--train_data_path_and_name_and_type "${datadir}/${train_set}/wav.scp,speech,sound"
+data_opts=(--train_data_path_and_name_and_type "$(speech "${train_set}")"
            --train_data_path_and_name_and_type "${datadir}/${train_set}/text,text,text"
-           --valid_data_path_and_name_and_type "${datadir}/${valid_set}/wav.scp,speech,sound"
+           --valid_data_path_and_name_and_type "$(speech "${valid_set}")"
            --valid_data_path_and_name_and_type "${datadir}/${valid_set}/text,text,text")
 
 log "ESPnet config for ${tag} (${config}) -> ${exp}/train.yaml"
-train_yaml=$(mktemp "${asr_dir}/.train.yaml.tmp-XXXXXX")
-python -m local.asr.make_config "${config}" "${upstream_dir}" "${train_yaml}"
+train_yaml=$(mktemp "${asr_dir}/.train.yaml.tmp-${tag}-XXXXXX")
+python -m local.asr.make_config "${config}" "${upstream_dir}" "${train_yaml}" "${config_opts[@]}"
 
+# Runs side by side make the shared BPE and raw-audio shapes once: the first takes the lock, the rest wait.
+exec 9> "${asr_dir}/.shared.lock"
+flock 9
+rm -rf "${asr_dir}"/.bpe.tmp-* "${asr_dir}/${stats_tmp}"*
 bpe_key=$(key --file text="${datadir}/${train_set}/text" --value nbpe="${nbpe}" --value bpemode="${bpemode}" \
   --value bpe_nlsyms="${bpe_nlsyms}")
 if current "${bpe_dir}/.stamp.json" "${bpe_key}"; then
@@ -94,13 +120,14 @@ else
   mv "${tmp}" "${bpe_dir}"
 fi
 
-stats_key=$(key --file tokens="${bpe_dir}/.stamp.json" "${prepared[@]}" \
+[ -z "${feats_dir}" ] || flock -u 9  # shapes of stored features are this upstream's own
+stats_key=$(key --file tokens="${bpe_dir}/.stamp.json" "${prepared[@]}" "${feats_keys[@]}" \
   --file train="${datadir}/${train_set}" --file valid="${datadir}/${valid_set}")
 if current "${stats_dir}/.stamp.json" "${stats_key}"; then
   log "shape files ${stats_dir} are up to date"
 else
   log "shape files (asr_train --collect_stats) -> ${stats_dir}"
-  tmp=$(mktemp -d "${asr_dir}/.stats.tmp-XXXXXX")
+  tmp=$(mktemp -d "${asr_dir}/${stats_tmp}XXXXXX")
   ${train_cmd} "${tmp}/logdir/stats.1.log" python -m espnet2.bin.asr_train --collect_stats true \
     --config "${train_yaml}" --ngpu "${ngpu_one}" --use_preprocessor true "${bpe_opts[@]}" "${data_opts[@]}" \
     --train_shape_file "${datadir}/${train_set}/wav.scp" --valid_shape_file "${datadir}/${valid_set}/wav.scp" \
@@ -110,9 +137,10 @@ else
   rm -rf "${stats_dir}"
   mv "${tmp}" "${stats_dir}"
 fi
+flock -u 9
 
 train_key=$(key --file config="${train_yaml}" --file upstream="${upstream_dir}" --file tokens="${bpe_dir}/.stamp.json" \
-  --file stats="${stats_dir}/.stamp.json" "${prepared[@]}" --file train="${datadir}/${train_set}" \
+  --file stats="${stats_dir}/.stamp.json" "${prepared[@]}" "${feats_keys[@]}" --file train="${datadir}/${train_set}" \
   --file valid="${datadir}/${valid_set}" --value train_args="${train_args}")
 if current "${exp}/.stamp.json" "${train_key}"; then
   log "training ${tag}: ${exp} is up to date"
@@ -134,7 +162,7 @@ else
     --use_preprocessor true "${bpe_opts[@]}" "${data_opts[@]}" \
     --train_shape_file "${stats_dir}/train/speech_shape" --train_shape_file "${stats_dir}/train/text_shape.bpe" \
     --valid_shape_file "${stats_dir}/valid/speech_shape" --valid_shape_file "${stats_dir}/valid/text_shape.bpe" \
-    --fold_length 80000 --fold_length 150 --output_dir "${exp}" ${train_args} \
+    --fold_length "${fold_length}" --fold_length 150 --output_dir "${exp}" ${train_args} \
     || { tail -n 30 "${exp}/train.log"; exit 1; }
   echo "${train_key}" > "${exp}/.stamp.json"
 fi
@@ -145,7 +173,7 @@ model_file=$(ls "${exp}"/valid.*.ave.pth | head -n 1)
 inference_tag=$(basename "${inference_config}" .yaml)_asr_model_$(basename "${model_file}" .pth)
 decode=${exp}/${inference_tag}/${test_set}
 decode_key=$(key --file model="${model_file}" --file train="${exp}/.stamp.json" \
-  --file inference_config="${inference_config}" "${prepared[@]}" --file test="${datadir}/${test_set}")
+  --file inference_config="${inference_config}" "${prepared[@]}" "${feats_keys[@]}" --file test="${datadir}/${test_set}")
 python -m local.asr.check_inference "${exp}/config.yaml" "${inference_config}"
 if current "${decode}/.stamp.json" "${decode_key}"; then
   log "decoding ${decode} is up to date"
@@ -163,7 +191,7 @@ else
     '{ print > (dir "/keys." (int((NR - 1) * nj / n) + 1) ".scp") }' "${datadir}/${test_set}/wav.scp"
   ${decode_cmd} --gpu "${ngpu_one}" JOB=1:"${nj}" "${logdir}/asr_inference.JOB.log" \
     python -m espnet2.bin.asr_inference --batch_size 1 --ngpu "${ngpu_one}" \
-    --data_path_and_name_and_type "${datadir}/${test_set}/wav.scp,speech,sound" \
+    --data_path_and_name_and_type "$(speech "${test_set}")" \
     --key_file "${logdir}/keys.JOB.scp" --asr_train_config "${exp}/config.yaml" \
     --asr_model_file "${model_file}" --output_dir "${logdir}/output.JOB" --config "${inference_config}" \
     || { tail -n 30 "${logdir}"/asr_inference.*.log; exit 1; }

@@ -6,6 +6,7 @@ Featurizer does before its weighted sum; the downstream heads only weight and su
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -22,10 +23,16 @@ def pick_device(ngpu: int) -> torch.device:
     return torch.device("cuda" if ngpu > 0 and torch.cuda.is_available() else "cpu")
 
 
-@torch.no_grad()
 def extract(s3prl_ckpt: Path, data_dir: Path, batch: int = 8,
             device: torch.device = torch.device("cpu")) -> dict[str, torch.Tensor]:
     """utt -> layer-normalised hidden states [layers + 1, frames, dim] (fp16, on the CPU), CNN output first."""
+    return dict(hidden_states(s3prl_ckpt, data_dir, batch, device))
+
+
+@torch.no_grad()
+def hidden_states(s3prl_ckpt: Path, data_dir: Path, batch: int = 8,
+                  device: torch.device = torch.device("cpu")) -> Iterator[tuple[str, torch.Tensor]]:
+    """(utt, hidden states as `extract` gives them), one utterance at a time, shortest first."""
     from s3prl.nn import S3PRLUpstream
 
     check_s3prl_checkpoint(s3prl_ckpt)  # refuses a file S3PRL's loader would run code from
@@ -33,7 +40,6 @@ def extract(s3prl_ckpt: Path, data_dir: Path, batch: int = 8,
     wavs = read_table(data_dir / "wav.scp")
     lengths = {u: int(n) for u, n in read_dict(data_dir / "utt2num_samples").items()}
     order = sorted(wavs, key=lambda x: lengths[x[0]])  # similar lengths together: little padding
-    feats = {}
     for i in range(0, len(order), batch):
         chunk = order[i:i + batch]
         audio = [torch.from_numpy(read_audio(path)) for _, path in chunk]
@@ -43,5 +49,4 @@ def extract(s3prl_ckpt: Path, data_dir: Path, batch: int = 8,
         stacked = torch.stack(hidden, dim=1)  # B x (L+1) x T x D
         for (utt, _), h, n in zip(chunk, stacked, hidden_lens[0]):
             h = h[:, : int(n)]
-            feats[utt] = F.layer_norm(h, h.shape[-1:]).to(torch.float16).cpu()  # the heads train on the CPU
-    return feats
+            yield utt, F.layer_norm(h, h.shape[-1:]).to(torch.float16).cpu()  # the heads train on the CPU
