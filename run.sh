@@ -31,7 +31,7 @@ preset=tiny                 # conf/distill/<preset>.yaml: tiny, paper, deep_narr
 operators=""                # stage 3: growth operators, one run each; empty: the preset's (task.growth.compare)
 extra_presets=""            # stage 3: more students, one run of each preset's own operator (e.g. "dphubert_tiny"), evaluated beside them in stages 4 and 5
 distill_args=""             # stage 3: more fairseq-hydra-train overrides, e.g. "optimization.max_update=1000"
-teacher_cache=auto          # stage 3: true: the teacher's targets kept on disk (exp/distill/teacher_cache), computed by the first run and read by the others; auto: true on the embedded corpus, false on LibriSpeech (HuBERT Base's need 0.8 GB per audio hour)
+teacher_cache=auto          # stage 3: true: the teacher's targets kept on disk (exp/teacher_cache), computed once before the runs and read by all; auto: true on the embedded corpus, false on LibriSpeech (HuBERT Base's need 0.8 GB per audio hour)
 asr_config=conf/asr/tiny_s3prl.yaml  # stage 4: ESPnet ASR config (an S3PRL front end)
 asr_feats_type=""           # stage 4: extracted (ESPnet trains on each upstream's stored hidden states) or raw (the config's front end, live); empty: extracted on the embedded corpus, raw on LibriSpeech
 nbpe=30                     # stage 4: sentencepiece BPE size (LibriSpeech 100 h recipes use 5000)
@@ -82,16 +82,18 @@ claim_dir() {
 }
 # export_upstream SRC NAME [export options]: SRC exported into ${upstream_dir}/NAME (local/export_upstream.sh)
 export_upstream() { local/export_upstream.sh "$1" "${upstream_dir}/$2" "${@:3}"; }
-# side_by_side LOG_DIR FUNCTION NAME...: FUNCTION NAME for each NAME, --nj at a time, each with its share of
-# the cores and its output in LOG_DIR/NAME.log; fails once all have ended if any failed, showing its log's end.
+# side_by_side N LOG_DIR FUNCTION NAME...: FUNCTION NAME for each NAME, N at a time, each with its share of the
+# cores (torch threads that outnumber the cores spin against each other) and its output in LOG_DIR/NAME.log;
+# fails once all have ended if any failed, showing its log's end.
 side_by_side() {
-  local log_dir=$1 fn=$2 name failed=0
-  shift 2
+  local at_once=$1 log_dir=$2 fn=$3 name failed=0
+  shift 3
   mkdir -p "${log_dir}"
   for name in "$@"; do
     rm -f "${log_dir}/${name}.rc"
-    while [ "$(jobs -rp | wc -l)" -ge "${nj}" ]; do wait -n || true; done
-    ( set +e; OMP_NUM_THREADS=$(( $(nproc) / nj > 1 ? $(nproc) / nj : 1 )) "${fn}" "${name}" > "${log_dir}/${name}.log" 2>&1
+    while [ "$(jobs -rp | wc -l)" -ge "${at_once}" ]; do wait -n || true; done
+    ( set +e; OMP_NUM_THREADS=$(( $(nproc) / at_once > 1 ? $(nproc) / at_once : 1 )) "${fn}" "${name}" \
+        > "${log_dir}/${name}.log" 2>&1
       echo $? > "${log_dir}/${name}.rc" ) &
   done
   wait
@@ -206,8 +208,9 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
   if [ "${ngpu}" -gt 0 ]; then job_cmd="${cuda_cmd} --gpu ${ngpu}"; else job_cmd=${train_cmd}; fi
   cache_opts=()
   # One teacher cache for all runs (fairseq_plugin/teacher_cache.py keys it on the teacher, data, crops and
-  # precision): the first run of each kind fills it, the others' steps run the student alone.
-  [ "${teacher_cache}" = true ] && cache_opts=("task.speed.teacher_cache=${distill_dir}/teacher_cache")
+  # precision), so their steps run the student alone.
+  cache_dir=$(abspath "${expdir}/teacher_cache")
+  [ "${teacher_cache}" = true ] && cache_opts=("task.speed.teacher_cache=${cache_dir}")
   # distill <preset> <op> <log> <dir> [overrides...]: one fairseq-hydra-train run of <preset> with growth <op>
   # into <dir>/checkpoints, through job_cmd (cmd.sh: utils/run.pl here or utils/slurm.pl, the output in
   # <log>); the user's --distill-args come last, so they win.
@@ -220,6 +223,17 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
       dataset.train_subset="${train_set}" dataset.valid_subset="${valid_set}" "${device_opts[@]}" \
       checkpoint.save_dir="${dir}/checkpoints" hydra.run.dir="${dir}/hydra" "${cache_opts[@]}" "$@" "${extra_opts[@]}"
   }
+  if [ "${teacher_cache}" = true ]; then
+    # Filled before the runs, so that no run's wall clock (which the report compares) holds the teacher's
+    # pass; utterances already cached are skipped. An extra preset of other crops fills its own as it goes.
+    read -r -a device_opts <<< "$(python -m local.distill.batch --preset "${preset}" --ngpu "${ngpu}")"
+    log "Stage 3: the teacher's targets and the students' input, once for all runs -> ${cache_dir} (log: fill.log)"
+    ${job_cmd} "${cache_dir}/fill.log" python -m fairseq_plugin.fill_teacher_cache \
+      --config-dir "${MAIN_ROOT}/conf" --config-name "distill/${preset}" task.data="${manifests}" \
+      task.teacher_checkpoint="${teacher_dir}/teacher.pt" dataset.train_subset="${train_set}" \
+      dataset.valid_subset="${valid_set}" "${device_opts[@]}" hydra.run.dir="${cache_dir}/hydra" \
+      "${cache_opts[@]}" "${extra_opts[@]}"
+  fi
   for run in ${students}; do
     run_dir=${distill_dir}/${run}
     p=$(run_preset "${run}")
@@ -274,14 +288,20 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
   feats_opts=()
   if [ "${asr_feats_type}" = extracted ]; then
     # Each upstream's hidden states, once, for ESPnet's extracted-feature route (and stage 5's heads).
+    # One job per upstream and split, the long training splits first, so the cores stay busy to the end.
     log "Stage 4: hidden states of ${tags[*]} -> ${features_dir}/<upstream>/{${train_set},${valid_set},${test_set}}"
-    store() {
-      python -m local.feature_store --upstream "${upstream_dir}/$1/s3prl.pt" --data-dir "${datadir}" \
-        --splits "${train_set}" "${valid_set}" "${test_set}" --out "${features_dir}/$1" --ngpu "${ngpu}"
+    store() {  # store UPSTREAM.SPLIT
+      python -m local.feature_store --upstream "${upstream_dir}/${1%.*}/s3prl.pt" --data-dir "${datadir}" \
+        --splits "${1##*.}" --out "${features_dir}/${1%.*}" --ngpu "${ngpu}"
     }
-    side_by_side "${features_dir}/log" store "${tags[@]}"
+    store_jobs=()
+    for split in "${train_set}" "${valid_set}" "${test_set}"; do store_jobs+=("${tags[@]/%/.${split}}"); done
+    side_by_side "${nj}" "${features_dir}/log" store "${store_jobs[@]}"
   fi
-  log "Stage 4: ESPnet runs of ${tags[*]}, ${nj} at a time -> ${asr_dir} (logs: ${asr_dir}/log/<upstream>.log)"
+  # Every run at once, one thread each: a run is mostly one process's small LSTM steps, and three
+  # runs time-sliced on two cores end sooner than two and then one.
+  asr_at_once=$(( ${#tags[@]} > nj ? ${#tags[@]} : nj ))
+  log "Stage 4: ESPnet runs of ${tags[*]}, ${asr_at_once} at a time -> ${asr_dir} (logs: ${asr_dir}/log/<upstream>.log)"
   asr() {
     [ "${asr_feats_type}" = raw ] || feats_opts=(--feats-dir "${features_dir}/$1")
     local/asr/asr.sh --tag "$1" --upstream-dir "${upstream_dir}/$1" --config "${asr_config}" --nbpe "${nbpe}" \
@@ -289,7 +309,7 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
       --datadir "${datadir}" --train-set "${train_set}" --valid-set "${valid_set}" --test-set "${test_set}" \
       --asr-dir "${asr_dir}" --ngpu "${ngpu}"
   }
-  side_by_side "${asr_dir}/log" asr "${tags[@]}"
+  side_by_side "${asr_at_once}" "${asr_dir}/log" asr "${tags[@]}"
   exps=()
   for tag in "${tags[@]}"; do
     exps+=("${tag}=${asr_dir}/asr_$(basename "${asr_config}" .yaml)_${tag}_bpe${nbpe}")  # asr.sh's name for it

@@ -78,6 +78,9 @@ def test_run_sh_distils_a_preset_that_does_not_grow_once(tiny_corpus, tiny_teach
     assert (distill_dir / "none/student.pt").exists()
     log = (distill_dir / "none/train.log").read_text()
     assert "growth (none, eql): depth 2 from update 0" in log
+    # the embedded corpus: the teacher ran once, before the run, which read every target from its cache
+    assert re.search(r"teacher targets for train cached in \S+ \(100% filled\)", log)
+    assert (tmp_path / "exp/teacher_cache/fill.log").is_file()
     ckpt = torch.load(distill_dir / "none/checkpoints/checkpoint_last.pt", weights_only=False)
     assert ckpt["optimizer_history"][-1]["num_updates"] == 2  # --distill-args came last
     assert ckpt["cfg"]["model"]["encoder_layers"] == 2 and ckpt["cfg"]["model"]["encoder_embed_dim"] == 48
