@@ -52,6 +52,8 @@ def write(ckpt: Path, data_dir: Path, out_dir: Path, batch: int = 8,
     if stamp.is_current(out_dir / stamp.STAMP, key):
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for left in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # what a killed run left half-written
+        shutil.rmtree(left, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         ark = out_dir.resolve() / "feats.ark"  # where the scp points once the split is in place

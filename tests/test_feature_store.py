@@ -24,7 +24,11 @@ def test_a_split_is_stored_once_and_rewritten_when_its_upstream_changes(tiny_cor
     upstream = tmp_path / "export"
     export(tiny_student, upstream, ["fairseq", "s3prl"])
     ckpt, data, out = upstream / "s3prl.pt", tiny_corpus / "data/test", tmp_path / "store/student/test"
+    killed = out.parent / ".test.tmp-killed"  # what a run killed half-way through this split left
+    killed.mkdir(parents=True)
+    (killed / "feats.ark").write_bytes(b"half")
     feature_store.write(ckpt, data, out)
+    assert not killed.exists()
     stored = feature_store.read(out)
     extracted = features.extract(ckpt, data)
     assert stored.keys() == extracted.keys()

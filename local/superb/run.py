@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -96,9 +97,10 @@ def run_jobs(jobs: dict, nj: int) -> dict:
 
 
 def evaluate(upstreams: dict[str, Path], cfg: dict, data: Path, out: Path, features_dir: Path,
-             nj: int = 1, ngpu: int = 0) -> dict[str, dict]:
+             nj: int = 1, ngpu: int = 0, keep_features: bool = True) -> dict[str, dict]:
     """Each upstream's scores: kept where its stamp is current, else computed, `nj` jobs at a time:
-    first the feature stores, then every (upstream, task) pair's heads, the longest first."""
+    first the feature stores, then every (upstream, task) pair's heads, the longest first. Without
+    `keep_features`, an upstream's store goes once its scores are in place."""
     keys = {name: inputs_key(ckpt, cfg, data) for name, ckpt in upstreams.items()}
     stale = [name for name in upstreams
              if not ((out / name / "scores.json").is_file() and stamp.is_current(out / name / stamp.STAMP, keys[name]))]
@@ -117,6 +119,8 @@ def evaluate(upstreams: dict[str, Path], cfg: dict, data: Path, out: Path, featu
         atomic_write_text(out / name / "scores.json", json.dumps(result, indent=2))
         atomic_write_text(out / name / stamp.STAMP, keys[name])
         print(f"mini-SUPERB: {name}: " + ", ".join(f"{k} {report.mean_std(v)}" for k, v in scores.items()), flush=True)
+        if not keep_features:
+            shutil.rmtree(features_dir / name, ignore_errors=True)
     return {name: json.loads((out / name / "scores.json").read_text()) for name in upstreams}
 
 
@@ -134,8 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("exp/superb"))
     parser.add_argument("--upstream", action="append", required=True, metavar="NAME=S3PRL_CKPT")
     parser.add_argument("--features-dir", type=Path,
-                        help="feature stores, one per upstream (<dir>/<name>/<split>, shared with stage 4); "
-                             "default: <out>/features")
+                        help="feature stores, one per upstream (<dir>/<name>/<split>, shared with stage 4), kept; "
+                             "default: <out>/features, each upstream's removed once it is scored")
     parser.add_argument("--nj", type=int, default=1, help="jobs at once (feature stores, then heads), one thread each")
     parser.add_argument("--ngpu", type=int, default=0, help="> 0: extract features on the GPU (heads stay on the CPU)")
     parser.add_argument("--seeds", type=int, nargs="+", help="head seeds, in place of the config's `seeds`")
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, ckpt in upstreams.items():
         print(f"mini-SUPERB: {name} ({ckpt})", flush=True)
     results = evaluate(upstreams, cfg, args.datadir, args.out, args.features_dir or args.out / "features",
-                       args.nj, args.ngpu)
+                       args.nj, args.ngpu, keep_features=args.features_dir is not None)
     print(report.write_reports(results, chance_scores(cfg, args.datadir), args.out), end="")
 
 
