@@ -40,8 +40,8 @@ inference_config=conf/asr/decode_ctc_greedy.yaml  # stage 4: decoding options (E
 superb_tasks=""             # stage 5 on real data: SUPERB tasks for S3PRL's run_downstream.py (pr asr sf ks sid; corpora in db.sh)
 s3prl_root=""               # stage 5 on real data: a checkout of github.com/s3prl/s3prl (configs, lexicons, runner)
 upstream_depths=""          # stages 4, 5: also evaluate the students cut to these depths (export --depth), e.g. "3 6 9"
-superb_config=conf/superb/mini.yaml  # stage 5: mini-SUPERB tasks, budgets and learning rates
 superb_all_operators=false  # stage 5: true: the student of every growth operator of stage 3; false: stage 4's (the first operator's, with extra presets and depth cuts)
+superb_config=conf/superb/mini.yaml  # stage 5: mini-SUPERB tasks, budgets and learning rates
 
 cd "$(dirname "$0")"
 . utils/parse_options.sh
@@ -140,6 +140,7 @@ fi
 if [ "${teacher_cache}" = auto ]; then
   if [ -n "${librispeech_root}" ]; then teacher_cache=false; else teacher_cache=true; fi
 fi
+case "${teacher_cache}" in true|false) ;; *) echo "run.sh: --teacher-cache ${teacher_cache}: true, false or auto" >&2; exit 1;; esac
 [ -n "${asr_feats_type}" ] || if [ -n "${librispeech_root}" ]; then asr_feats_type=raw; else asr_feats_type=extracted; fi
 case "${asr_feats_type}" in raw|extracted) ;; *) echo "run.sh: --asr-feats-type ${asr_feats_type}: raw or extracted" >&2; exit 1;; esac
 teacher_dir=$(abspath "${expdir}/teacher")
@@ -298,9 +299,11 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
     for split in "${train_set}" "${valid_set}" "${test_set}"; do store_jobs+=("${tags[@]/%/.${split}}"); done
     side_by_side "${nj}" "${features_dir}/log" store "${store_jobs[@]}"
   fi
-  # Every run at once, one thread each: a run is mostly one process's small LSTM steps, and three
-  # runs time-sliced on two cores end sooner than two and then one.
+  # On CPUs every run at once, one thread each: a run is mostly one process's small LSTM steps, and
+  # three runs time-sliced on two cores end sooner than two and then one. On GPUs one after another,
+  # each with all of them (ESPnet's own processes, one per GPU).
   asr_at_once=$(( ${#tags[@]} > nj ? ${#tags[@]} : nj ))
+  [ "${ngpu}" -eq 0 ] || asr_at_once=1
   log "Stage 4: ESPnet runs of ${tags[*]}, ${asr_at_once} at a time -> ${asr_dir} (logs: ${asr_dir}/log/<upstream>.log)"
   asr() {
     [ "${asr_feats_type}" = raw ] || feats_opts=(--feats-dir "${features_dir}/$1")
