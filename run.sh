@@ -229,7 +229,9 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
     # pass; utterances already cached are skipped. An extra preset of other crops fills its own as it goes.
     read -r -a device_opts <<< "$(python -m local.distill.batch --preset "${preset}" --ngpu "${ngpu}")"
     log "Stage 3: the teacher's targets and the students' input, once for all runs -> ${cache_dir} (log: fill.log)"
-    ${job_cmd} "${cache_dir}/fill.log" python -m fairseq_plugin.fill_teacher_cache \
+    fill_cmd=${train_cmd}
+    [ "${ngpu}" -eq 0 ] || fill_cmd="${cuda_cmd} --gpu 1"  # the teacher's forward, one process
+    ${fill_cmd} "${cache_dir}/fill.log" python -m fairseq_plugin.fill_teacher_cache \
       --config-dir "${MAIN_ROOT}/conf" --config-name "distill/${preset}" task.data="${manifests}" \
       task.teacher_checkpoint="${teacher_dir}/teacher.pt" dataset.train_subset="${train_set}" \
       dataset.valid_subset="${valid_set}" "${device_opts[@]}" hydra.run.dir="${cache_dir}/hydra" \

@@ -172,13 +172,20 @@ def test_run_sh_stage3_runs_through_train_cmd_on_slurm(tiny_corpus, tiny_teacher
 
 
 def test_run_sh_stage3_asks_cuda_cmd_for_the_gpus(tiny_corpus, tmp_path, fake_sbatch):
-    """--ngpu 2: ${cuda_cmd} --gpu 2 (a failed job stops run.sh, naming its log)."""
+    """--ngpu 2: ${cuda_cmd} --gpu 2 for a run, --gpu 1 for the teacher cache's fill before the runs
+    (a failed job stops run.sh, naming its log)."""
     (tmp_path / "teacher.pt").write_bytes(b"")  # never read: the job fails at submission
-    proc = stage3(tiny_corpus, tmp_path / "teacher.pt", tmp_path, "--ngpu", "2", cmd_backend="slurm",
-                  PATH=with_path(fake_sbatch), FAKE_SBATCH_FAIL="1")
+    proc = stage3(tiny_corpus, tmp_path / "teacher.pt", tmp_path, "--ngpu", "2", "--teacher-cache", "false",
+                  cmd_backend="slurm", PATH=with_path(fake_sbatch), FAKE_SBATCH_FAIL="1")
     assert proc.returncode != 0
     assert "--gres=gpu:2" in (fake_sbatch / "sbatch.calls").read_text()
     assert "slurm.pl: job failed" in proc.stderr and "interleaved/train.log" in proc.stderr
+    (fake_sbatch / "sbatch.calls").unlink()
+    proc = stage3(tiny_corpus, tmp_path / "teacher.pt", tmp_path, "--ngpu", "2", cmd_backend="slurm",
+                  PATH=with_path(fake_sbatch), FAKE_SBATCH_FAIL="1")
+    assert proc.returncode != 0
+    assert "--gres=gpu:1" in (fake_sbatch / "sbatch.calls").read_text()
+    assert "slurm.pl: job failed" in proc.stderr and "teacher_cache/fill.log" in proc.stderr
 
 
 def test_temporary_dirs_for_job_arrays_never_hold_the_word_job(tmp_path):
