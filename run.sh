@@ -288,7 +288,6 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
     more_tags+=("${p}")
   done
   tags=(teacher "${student_op}" "${more_tags[@]}" random_init)
-  feats_opts=()
   if [ "${asr_feats_type}" = extracted ]; then
     # Each upstream's hidden states, once, for ESPnet's extracted-feature route (and stage 5's heads).
     # One job per upstream and split, the long training splits first, so the cores stay busy to the end.
@@ -308,6 +307,7 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
   [ "${ngpu}" -eq 0 ] || asr_at_once=1
   log "Stage 4: ESPnet runs of ${tags[*]}, ${asr_at_once} at a time -> ${asr_dir} (logs: ${asr_dir}/log/<upstream>.log)"
   asr() {
+    local feats_opts=()
     [ "${asr_feats_type}" = raw ] || feats_opts=(--feats-dir "${features_dir}/$1")
     local/asr/asr.sh --tag "$1" --upstream-dir "${upstream_dir}/$1" --config "${asr_config}" --nbpe "${nbpe}" \
       --bpemode "${bpemode}" --inference-config "${inference_config}" "${feats_opts[@]}" \

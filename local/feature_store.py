@@ -41,16 +41,13 @@ def store_key(ckpt: Path, data_dir: Path, batch: int) -> str:
     return stamp.make_key(files, {"batch": batch})
 
 
-def is_current(ckpt: Path, data_dir: Path, out_dir: Path, batch: int) -> bool:
-    return stamp.is_current(out_dir / stamp.STAMP, store_key(ckpt, data_dir, batch))
-
-
 def write(ckpt: Path, data_dir: Path, out_dir: Path, batch: int = 8,
-          device: torch.device = torch.device("cpu")) -> Path:
-    """Extract `data_dir`'s hidden states into `out_dir` unless they are there and current."""
+          device: torch.device = torch.device("cpu")) -> bool:
+    """Extract `data_dir`'s hidden states into `out_dir` unless they are there and current;
+    True if it extracted them."""
     key = store_key(ckpt, data_dir, batch)
     if stamp.is_current(out_dir / stamp.STAMP, key):
-        return out_dir
+        return False
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     for left in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # what a killed run left half-written
         shutil.rmtree(left, ignore_errors=True)
@@ -79,7 +76,7 @@ def write(ckpt: Path, data_dir: Path, out_dir: Path, batch: int = 8,
         tmp.rename(out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return True
 
 
 def read(out_dir: Path) -> dict[str, torch.Tensor]:
@@ -105,9 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     device = features.pick_device(args.ngpu)
     for split in args.splits:
         out = args.out / split
-        kept = is_current(args.upstream, args.data_dir / split, out, args.batch)
-        write(args.upstream, args.data_dir / split, out, args.batch, device)
-        print(f"feature store: {out} {'is up to date' if kept else 'written'} ({args.upstream})", flush=True)
+        written = write(args.upstream, args.data_dir / split, out, args.batch, device)
+        print(f"feature store: {out} {'written' if written else 'is up to date'} ({args.upstream})", flush=True)
 
 
 if __name__ == "__main__":

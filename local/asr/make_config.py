@@ -45,10 +45,7 @@ def on_stored_features(cfg: dict, input_size: int) -> dict:
     """The same model on stored hidden states: no front end (ESPnet builds none when `input_size` is set)."""
     cfg = {k: v for k, v in cfg.items() if k not in ("frontend", "frontend_conf")}
     cfg["input_size"] = input_size
-    frozen = [p for p in cfg.get("freeze_param", []) if not p.startswith("frontend")]
-    cfg.pop("freeze_param", None)
-    if frozen:
-        cfg["freeze_param"] = frozen
+    cfg["freeze_param"] = [p for p in cfg.get("freeze_param", []) if not p.startswith("frontend")]
     if cfg.get("preencoder") == "linear":
         cfg["preencoder_conf"]["input_size"] = input_size
     return cfg

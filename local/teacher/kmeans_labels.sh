@@ -29,6 +29,11 @@ mkdir -p "$(dirname "${out_dir}")"
 tmp=$(mktemp -d "$(dirname "${out_dir}")/.labels.tmp-XXXXXX")
 trap 'rm -rf "${tmp}"' EXIT
 mkdir -p "${tmp}/feats" "${tmp}/logs"
+# wait_shards LOG...: wait for the shards running in the background; a failed one stops here, with the logs' ends.
+wait_shards() {
+  local job
+  for job in $(jobs -p); do wait "${job}" || { tail -n 5 "$@"; exit 1; }; done
+}
 
 for split in ${splits}; do
   log "MFCC features for ${split} (${nj} shards)"
@@ -36,9 +41,7 @@ for split in ${splits}; do
     OMP_NUM_THREADS=${shard_threads} python -m local.teacher.dump_mfcc "${manifest_dir}" "${split}" "${nj}" "${rank}" \
       "${tmp}/feats" > "${tmp}/logs/mfcc_${split}_${rank}.log" 2>&1 &
   done
-  for job in $(jobs -p); do
-    wait "${job}" || { tail -n 5 "${tmp}"/logs/mfcc_"${split}"_*.log; exit 1; }
-  done
+  wait_shards "${tmp}"/logs/mfcc_"${split}"_*.log
 done
 
 log "k-means (${n_clusters} clusters) on ${train_split}"
@@ -51,9 +54,7 @@ for split in ${splits}; do
     OMP_NUM_THREADS=${shard_threads} python "${km_scripts}/dump_km_label.py" "${tmp}/feats" "${split}" "${tmp}/km.bin" \
       "${nj}" "${rank}" "${tmp}" > "${tmp}/logs/label_${split}_${rank}.log" 2>&1 &
   done
-  for job in $(jobs -p); do
-    wait "${job}" || { tail -n 5 "${tmp}"/logs/label_"${split}"_*.log; exit 1; }
-  done
+  wait_shards "${tmp}"/logs/label_"${split}"_*.log
   for rank in $(seq 0 $((nj - 1))); do cat "${tmp}/${split}_${rank}_${nj}.km"; done > "${tmp}/${split}.km"
   rm "${tmp}/${split}"_*_"${nj}".km
   expected=$(($(wc -l < "${manifest_dir}/${split}.tsv") - 1))
