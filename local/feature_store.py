@@ -12,9 +12,10 @@ hidden state (CNN output first) side by side, each layer-normalised as S3PRL's F
 in fp16 (kaldiio's numpy format inside a Kaldi ark, which ESPnet's `kaldi_ark` loader reads and
 casts to float32); feats_shape (ESPnet's `<utt> <frames>,<dim>`), feats_dim (the width, as ESPnet's
 data dirs of extracted features give it) and layers (how many hidden states).
+The upstream runs under bf16 autocast where the device computes in bf16 natively (`--precision`).
 A split is written to a temporary dir and renamed into place with a stamp of what made it (the
-upstream, the data dir, the batch, this code and the extractor's), so a rerun extracts only what
-is missing or stale, and a killed one leaves no half-written split behind.
+upstream, the data dir, the batch, the precision, this code and the extractor's), so a rerun
+extracts only what is missing or stale, and a killed one leaves no half-written split behind.
 """
 from __future__ import annotations
 
@@ -33,19 +34,20 @@ from local.superb import features
 LAYERS = "layers"
 
 
-def store_key(ckpt: Path, data_dir: Path, batch: int) -> str:
+def store_key(ckpt: Path, data_dir: Path, batch: int, precision: str) -> str:
     files = {"upstream": ckpt, "data": data_dir, "store": Path(__file__), "extractor": Path(features.__file__)}
     prepared = data_dir.parent / ".prepared.json"  # stage 1's stamp: where the audio came from
     if prepared.is_file():
         files["prepared"] = prepared
-    return stamp.make_key(files, {"batch": batch})
+    return stamp.make_key(files, {"batch": batch, "precision": precision})
 
 
 def write(ckpt: Path, data_dir: Path, out_dir: Path, batch: int = 8,
-          device: torch.device = torch.device("cpu")) -> bool:
+          device: torch.device = torch.device("cpu"), precision: str = "auto") -> bool:
     """Extract `data_dir`'s hidden states into `out_dir` unless they are there and current;
-    True if it extracted them."""
-    key = store_key(ckpt, data_dir, batch)
+    True if it extracted them. `precision`: the upstream's forward (features.resolve_precision)."""
+    precision = features.resolve_precision(precision, device)
+    key = store_key(ckpt, data_dir, batch, precision)
     if stamp.is_current(out_dir / stamp.STAMP, key):
         return False
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +59,7 @@ def write(ckpt: Path, data_dir: Path, out_dir: Path, batch: int = 8,
         num_layers = width = None
         scp, shape = {}, {}
         with open(tmp / "feats.ark", "wb") as ark_fh:
-            for utt, hidden in features.hidden_states(ckpt, data_dir, batch, device):
+            for utt, hidden in features.hidden_states(ckpt, data_dir, batch, device, precision):
                 num_layers, frames, _ = hidden.shape
                 matrix = hidden.transpose(0, 1).reshape(frames, -1).numpy()  # frames x (layers * dim)
                 width = matrix.shape[1]
@@ -98,11 +100,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--batch", type=int, default=8, help="utterances per upstream forward")
     parser.add_argument("--ngpu", type=int, default=0, help="> 0: the upstream's forward on the GPU")
+    parser.add_argument("--precision", choices=features.PRECISIONS, default="auto",
+                        help="the upstream's forward: bf16 autocast, fp32, or auto (bf16 where the device has "
+                             "it natively)")
     args = parser.parse_args(argv)
     device = features.pick_device(args.ngpu)
     for split in args.splits:
         out = args.out / split
-        written = write(args.upstream, args.data_dir / split, out, args.batch, device)
+        written = write(args.upstream, args.data_dir / split, out, args.batch, device, args.precision)
         print(f"feature store: {out} {'written' if written else 'is up to date'} ({args.upstream})", flush=True)
 
 

@@ -27,7 +27,7 @@ def test_a_split_is_stored_once_and_rewritten_when_its_upstream_changes(tiny_cor
     killed = out.parent / ".test.tmp-killed"  # what a run killed half-way through this split left
     killed.mkdir(parents=True)
     (killed / "feats.ark").write_bytes(b"half")
-    feature_store.write(ckpt, data, out)
+    feature_store.write(ckpt, data, out, precision="fp32")
     assert not killed.exists()
     stored = feature_store.read(out)
     extracted = features.extract(ckpt, data)
@@ -39,12 +39,35 @@ def test_a_split_is_stored_once_and_rewritten_when_its_upstream_changes(tiny_cor
     assert keys == sorted(keys) == sorted(extracted)  # Kaldi's table order, which ESPnet's loaders check
 
     first = mtimes(out.parent)
-    feature_store.write(ckpt, data, out)
+    feature_store.write(ckpt, data, out, precision="fp32")
     assert mtimes(out.parent) == first  # current: kept
     export(tiny_student, upstream, ["fairseq", "s3prl"], random_init=True)
-    feature_store.write(ckpt, data, out)
+    feature_store.write(ckpt, data, out, precision="fp32")
     assert mtimes(out.parent) != first  # another upstream in the same place: extracted again
     assert not torch.equal(feature_store.read(out)[keys[0]], stored[keys[0]])
+
+
+def test_bf16_extraction_is_keyed_apart_and_close_to_fp32(tiny_corpus, tiny_student, tmp_path):
+    """Where the CPU has native bf16 (`auto`), the store runs the upstream under bf16 autocast: another
+    stamp than fp32's, and hidden states within bf16's rounding of fp32's."""
+    upstream = tmp_path / "export"
+    export(tiny_student, upstream, ["fairseq", "s3prl"])
+    ckpt, data, out = upstream / "s3prl.pt", tiny_corpus / "data/test", tmp_path / "store/test"
+    feature_store.write(ckpt, data, out, precision="fp32")
+    exact = feature_store.read(out)
+    assert feature_store.write(ckpt, data, out, precision="bf16")  # another precision: extracted again
+    rounded = feature_store.read(out)
+    assert not feature_store.write(ckpt, data, out, precision="bf16")
+    assert rounded.keys() == exact.keys()
+    for utt in exact:
+        a, b = exact[utt].float(), rounded[utt].float()
+        assert a.shape == b.shape
+        assert not torch.equal(a, b)
+        assert (a - b).abs().mean() < 0.05 * a.abs().mean(), utt  # layer-normalised: unit scale
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert features.resolve_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
+    with pytest.raises(ValueError, match="fp16"):
+        features.resolve_precision("fp16", torch.device("cpu"))
 
 
 def test_corrupt_audio_stops_the_store_and_leaves_no_half_written_split(tiny_corpus, tiny_student, tmp_path):

@@ -52,21 +52,24 @@ def run_task(task_name: str, task: dict, split: tasks.Split, feats: dict,
     return tasks.score_sequences(task_name, refs, hyps), model, curve
 
 
-def inputs_key(ckpt: Path, cfg: dict, data: Path) -> str:
-    """What an upstream's scores are made from; stage 1's stamp says where the audio came from."""
+def inputs_key(ckpt: Path, cfg: dict, data: Path, precision: str) -> str:
+    """What an upstream's scores are made from (`precision`: its forward's, resolved); stage 1's stamp
+    says where the audio came from."""
     files = {"upstream": ckpt, "train": data / "train", "test": data / "test"}
     if (data / ".prepared.json").is_file():
         files["prepared"] = data / ".prepared.json"
     code = {name: Path(module.__file__) for name, module in (("tasks", tasks), ("heads", downstream))}
-    return stamp.make_key({**files, **code}, {"config": cfg})
+    return stamp.make_key({**files, **code}, {"config": cfg, "feature_precision": precision})
 
 
-def store_features(ckpt: Path, cfg: dict, data: Path, store: Path, ngpu: int = 0, threads: int = 0) -> None:
+def store_features(ckpt: Path, cfg: dict, data: Path, store: Path, precision: str, ngpu: int = 0,
+                   threads: int = 0) -> None:
     """The upstream's hidden states of the train and test splits, into its feature store (kept if current)."""
     if threads:
         torch.set_num_threads(threads)
     for split in ("train", "test"):
-        feature_store.write(ckpt, data / split, store / split, cfg["feature_batch"], features.pick_device(ngpu))
+        feature_store.write(ckpt, data / split, store / split, cfg["feature_batch"], features.pick_device(ngpu),
+                            precision)
 
 
 def train_task(task_name: str, cfg: dict, data: Path, store: Path, threads: int = 0) -> dict:
@@ -101,12 +104,14 @@ def evaluate(upstreams: dict[str, Path], cfg: dict, data: Path, out: Path, featu
     """Each upstream's scores: kept where its stamp is current, else computed, `nj` jobs at a time:
     first the feature stores, then every (upstream, task) pair's heads, the longest first. Without
     `keep_features`, an upstream's store goes once its scores are in place."""
-    keys = {name: inputs_key(ckpt, cfg, data) for name, ckpt in upstreams.items()}
+    precision = features.resolve_precision(cfg.get("feature_precision", "auto"), features.pick_device(ngpu))
+    keys = {name: inputs_key(ckpt, cfg, data, precision) for name, ckpt in upstreams.items()}
     stale = [name for name in upstreams
              if not ((out / name / "scores.json").is_file() and stamp.is_current(out / name / stamp.STAMP, keys[name]))]
     for name in stale:
         (out / name / stamp.STAMP).unlink(missing_ok=True)  # no stamp until the new scores are in place
-    run_jobs({name: (store_features, (upstreams[name], cfg, data, features_dir / name, ngpu)) for name in stale}, nj)
+    run_jobs({name: (store_features, (upstreams[name], cfg, data, features_dir / name, precision, ngpu))
+              for name in stale}, nj)
     cost = lambda task: task["steps"] * (4 if task["head"] == "blstm_ctc" else 1)  # noqa: E731 (BiLSTMs cost most)
     pairs = sorted(((name, t) for name in stale for t in cfg["tasks"]), key=lambda p: -cost(cfg["tasks"][p[1]]))
     done = run_jobs({pair: (train_task, (pair[1], cfg, data, features_dir / pair[0])) for pair in pairs}, nj)
