@@ -59,12 +59,13 @@ def hidden_states(s3prl_ckpt: Path, data_dir: Path, batch: int = 8, device: torc
     wavs = read_table(data_dir / "wav.scp")
     lengths = {u: int(n) for u, n in read_dict(data_dir / "utt2num_samples").items()}
     order = sorted(wavs, key=lambda x: lengths[x[0]])  # similar lengths together: little padding
+    bf16 = resolve_precision(precision, device) == "bf16"
     for i in range(0, len(order), batch):
         chunk = order[i:i + batch]
         audio = [torch.from_numpy(read_audio(path)) for _, path in chunk]
         lens = torch.tensor([len(a) for a in audio])
         padded = torch.nn.utils.rnn.pad_sequence(audio, batch_first=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve_precision(precision, device) == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             hidden, hidden_lens = upstream(padded.to(device), lens.to(device))
         stacked = torch.stack(hidden, dim=1).float()  # B x (L+1) x T x D; layer norm in fp32
         for (utt, _), h, n in zip(chunk, stacked, hidden_lens[0]):
