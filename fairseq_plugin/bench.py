@@ -17,7 +17,8 @@ Measured in one run, on the device it runs on, with random weights (cost does no
    The hours one epoch of LibriSpeech 960 h takes at each step's rate are given beside it.
 2. Interleaved stacking's wall-clock speed-up with an EQL schedule 3 -> 6 -> 9 -> 12 (equal
    updates and data per depth) against full depth: t(12) / mean(t(3), t(6), t(9), t(12)), with
-   the levers off, on, on with the targets from disk, and with the student alone. The depth
+   the levers off, on, on with the targets from disk, and with the student alone (also with its
+   positional conv through the FFT, `pos_conv_fft`). The depth
    does not change what the teacher and the CNN cost, which is why cutting those fixed costs is
    what lets growth pay.
 
@@ -104,9 +105,12 @@ VARIANTS = {
     "plugin_torch_adamw": (LEVERS_ON, "plugin, levers on + torch's AdamW (optimizer._name=torch_adamw)"),
     "plugin_student_only_torch_adamw": (dataclasses.replace(LEVERS_ON, teacher_cache=CACHE),
                                         "plugin, the student alone + torch's AdamW"),
+    "plugin_student_only_torch_adamw_fft": (dataclasses.replace(LEVERS_ON, teacher_cache=CACHE, pos_conv_fft=True),
+                                            "plugin, the student alone + torch's AdamW + the pos conv through the FFT"),
 }
 # The variants that step with torch's AdamW (fused on CUDA) instead of fairseq's adam.
 TORCH_ADAMW = {"plugin_torch_adamw", "plugin_student_only_torch_adamw", "student_alone_torch_adamw",
+               "plugin_student_only_torch_adamw_fft", "student_alone_torch_adamw_fft",
                "plugin_student_only_torch_adamw_compiled", "student_alone_torch_adamw_compiled",
                "plugin_student_only_torch_adamw_cuda_graphs", "student_alone_torch_adamw_cuda_graphs",
                "plugin_fast_teacher_torch_adamw"}
@@ -138,7 +142,9 @@ TEACHER_FORWARD_COMPILED = {
 # Stacking is timed with the fixed-cost levers off, on, and on with the teacher's targets from disk.
 STACKING = {"levers_off": LEVERS_OFF, "levers_on": LEVERS_ON, "levers_on_cached": VARIANTS["plugin_all_cached"][0],
             "student_alone": VARIANTS["plugin_student_only"][0],
-            "student_alone_torch_adamw": VARIANTS["plugin_student_only"][0]}
+            "student_alone_torch_adamw": VARIANTS["plugin_student_only"][0],
+            "student_alone_fft": VARIANTS["plugin_student_only_torch_adamw_fft"][0],
+            "student_alone_torch_adamw_fft": VARIANTS["plugin_student_only_torch_adamw_fft"][0]}
 # With --compile, stacking also with the student alone, compiled (growth copies weights into
 # pre-built layers, so a depth change recompiles nothing).
 STACKING_COMPILED = {"student_alone_torch_adamw_compiled": COMPILED["plugin_student_only_torch_adamw_compiled"][0],
@@ -281,6 +287,24 @@ def time_step(step, device: torch.device, steps: int, warmup: int) -> float:
     return statistics.median(times)
 
 
+def time_depths(step, set_depth_to, depths: list[int], device: torch.device, steps: int, warmup: int) -> dict[int, float]:
+    """Median seconds per call of `step()` at each depth, the depths taken in turn in every round,
+    so that the machine's drift (other load, clocks) falls on all of them alike and not on the
+    ratio. A deeper step leaves no gradient behind (fairseq's and torch's zero_grad set them to
+    None), so a shallower one after it steps only its own layers, as in a growing run."""
+    times: dict[int, list[float]] = {depth: [] for depth in depths}
+    for round_ in range(warmup + steps):
+        for depth in depths:
+            set_depth_to(depth)
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            if round_ >= warmup:
+                times[depth].append(time.perf_counter() - start)
+    return {depth: statistics.median(t) for depth, t in times.items()}
+
+
 def measure(step, size: Size, device: torch.device, steps: int, warmup: int) -> dict:
     with FlopCounterMode(display=False) as counter:
         step()
@@ -402,11 +426,8 @@ def run(size: Size, device: torch.device, steps: int, warmup: int, depths: list[
             report[key] = max(per_cache) / 1e9 / audio_hours
         for name, levers in {**STACKING, **(STACKING_COMPILED if with_compile else {})}.items():
             task, model, criterion, optimizer = build(size, data, levers, device, name in TORCH_ADAMW)
-            per_depth = {}
-            for depth in depths:
-                set_depth(task, model, depth)
-                per_depth[depth] = time_step(step_function(task, model, criterion, optimizer, batch, device),
-                                             device, steps, warmup)
+            step = step_function(task, model, criterion, optimizer, batch, device)
+            per_depth = time_depths(step, lambda depth: set_depth(task, model, depth), depths, device, steps, warmup)
             full = per_depth[max(depths)]
             report["stacking"][name] = {"ms_per_step_at_depth": {d: 1000 * t for d, t in per_depth.items()},
                                         "speedup": full / statistics.mean(per_depth.values())}

@@ -22,7 +22,7 @@ preset=tiny
 depths="3 6 9 12"
 superb_config=conf/superb/anytime.yaml
 distill_args=""   # more fairseq-hydra-train overrides for every student, last
-espnet_depths=""  # depths whose students also train ESPnet ASR (about 4 min each on 2 cores), e.g. "3 6 9 12"
+espnet_depths=""  # depths whose students also train ESPnet ASR (on their stored features, as stage 4), e.g. "3 6 9 12"
 asr_config=conf/asr/tiny_s3prl.yaml  # as run.sh stage 4
 inference_config=conf/asr/decode_ctc_greedy.yaml
 nbpe=30
@@ -31,6 +31,7 @@ nj=2
 . utils/parse_options.sh
 . ./path.sh
 . ./cmd.sh
+. local/side_by_side.sh
 
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (${0##*/}) $*"; }
 variants="static layerdrop dld interleaved_dld"
@@ -65,20 +66,38 @@ done
 local/export_upstream.sh "${expdir}/distill/static/student.pt" "${expdir}/upstreams/random_init" --random-init
 upstreams+=(--upstream "random_init=${expdir}/upstreams/random_init/s3prl.pt")
 log "mini-SUPERB (${superb_config}) on every student at every depth -> ${expdir}/superb (log: ${expdir}/superb/log/superb.log)"
+# the stores stay where ESPnet trains on them next (gigabytes: each is removed once scored otherwise)
+features_opts=()
+[ -z "${espnet_depths}" ] || features_opts=(--features-dir "${expdir}/features")
 ${train_cmd} "${expdir}/superb/log/superb.log" python -m local.superb.run --config "${superb_config}" \
-  --datadir "${datadir}" --out "${expdir}/superb" --nj "${nj}" "${upstreams[@]}"
+  --datadir "${datadir}" --out "${expdir}/superb" "${features_opts[@]}" --nj "${nj}" "${upstreams[@]}"
 asr_opts=()
 if [ -n "${espnet_depths}" ]; then
   asr_dir=${expdir}/asr
-  exps=()
+  tags=()
   for v in ${variants}; do
-    for d in ${espnet_depths}; do
-      log "ESPnet ASR (${asr_config}) on ${v} cut to depth ${d} -> ${asr_dir}"
-      local/asr/asr.sh --tag "${v}_depth${d}" --upstream-dir "${expdir}/upstreams/${v}_depth${d}" --config "${asr_config}" \
-        --inference-config "${inference_config}" --nbpe "${nbpe}" --datadir "${datadir}" --asr-dir "${asr_dir}" \
-        --train-args "${asr_train_args}"
-      exps+=("${v}_depth${d}=${asr_dir}/asr_$(basename "${asr_config}" .yaml)_${v}_depth${d}_bpe${nbpe}")  # asr.sh's name
-    done
+    for d in ${espnet_depths}; do tags+=("${v}_depth${d}"); done
+  done
+  # ESPnet's extracted-feature route, as run.sh stage 4 takes on the embedded corpus: the train and
+  # test stores are mini-SUPERB's (kept above), dev's is added here.
+  store() {
+    python -m local.feature_store --upstream "${expdir}/upstreams/$1/s3prl.pt" --data-dir "${datadir}" \
+      --splits train dev test --out "${expdir}/features/$1"
+  }
+  log "hidden states of ${tags[*]} for ESPnet -> ${expdir}/features (logs: ${asr_dir}/log/features)"
+  side_by_side "${nj}" "${asr_dir}/log/features" store "${tags[@]}"
+  asr() {
+    local/asr/asr.sh --tag "$1" --upstream-dir "${expdir}/upstreams/$1" --feats-dir "${expdir}/features/$1" \
+      --config "${asr_config}" --inference-config "${inference_config}" --nbpe "${nbpe}" --datadir "${datadir}" \
+      --asr-dir "${asr_dir}" --train-args "${asr_train_args}"
+  }
+  # one thread each, twice as many runs as cores at once (a run is mostly one process's small steps)
+  asr_at_once=$(( ${#tags[@]} < 2 * nj ? ${#tags[@]} : 2 * nj ))
+  log "ESPnet ASR (${asr_config}) on ${tags[*]}, ${asr_at_once} at a time -> ${asr_dir} (logs: ${asr_dir}/log)"
+  side_by_side "${asr_at_once}" "${asr_dir}/log" asr "${tags[@]}"
+  exps=()
+  for tag in "${tags[@]}"; do
+    exps+=("${tag}=${asr_dir}/asr_$(basename "${asr_config}" .yaml)_${tag}_bpe${nbpe}")  # asr.sh's name
   done
   python -m local.asr.report "${asr_dir}" --exps "${exps[@]}" --inference "$(basename "${inference_config}" .yaml)"
   asr_opts=(--asr-results "${asr_dir}/results.md")

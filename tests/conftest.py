@@ -9,12 +9,32 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-import yaml
 
-from local.data import prepare
+
+def share_the_cores() -> None:
+    """Under pytest-xdist, each worker and what it starts get their share of the cores, as run.sh's
+    side_by_side gives its jobs: torch threads that outnumber the cores spin against each other.
+    Set before torch is imported (it reads OMP_NUM_THREADS once); `nproc` in the recipe reads it too."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // workers))
+
+
+share_the_cores()
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+from local.data import prepare  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config, items):
+    """The files with slow tests first: xdist (--dist loadfile, pytest.ini) hands each worker whole
+    files in this order, so the long ones start at once and the short ones fill in at the end."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: each file keeps its order
 
 
 def tiny_corpus_config(seed: int = 1234) -> dict:

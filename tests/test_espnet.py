@@ -34,6 +34,7 @@ ROUTES = [("train_asr_student_s3prl.yaml", "bpe", "decode_asr_beam4", "valid.acc
           ("train_asr_student_hubert_encoder.yaml", "unigram", "decode_ctc_greedy", "valid.loss.ave")]  # CTC only
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config,bpemode,inference,model", ROUTES)
 def test_student_trains_in_espnet(tiny_corpus, tiny_student, tmp_path, config, bpemode, inference, model):
     export(tiny_student, tmp_path / "export", ["fairseq", "s3prl"])

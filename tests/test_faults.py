@@ -146,6 +146,7 @@ def test_corpus_synthesis_killed_then_rerun_gives_the_same_corpus(tiny_corpus, t
             assert ours == theirs
 
 
+@pytest.mark.slow
 def test_mini_superb_killed_then_rerun_gives_the_same_table(tiny_corpus, tiny_student, tmp_path):
     """Stage 5: kill -9 while the upstreams are being evaluated (two at once), rerun: only what
     was unfinished is redone, and the table equals an uninterrupted run's."""
@@ -175,6 +176,7 @@ def test_mini_superb_killed_then_rerun_gives_the_same_table(tiny_corpus, tiny_st
     assert (killed / "results.csv").read_text() == (tmp_path / "uninterrupted/results.csv").read_text()
 
 
+@pytest.mark.slow
 def test_espnet_asr_killed_then_rerun_gives_the_same_result(tiny_corpus, tiny_student, tmp_path):
     """Stage 4: kill -9 `local/asr/asr.sh` half-way (BPE, shapes, ESPnet training or decoding),
     rerun: each finished step is kept, ESPnet resumes from its last epoch, and the decoded test

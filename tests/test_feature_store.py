@@ -93,6 +93,7 @@ def small_asr_config(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_stages_4_and_5_extract_each_upstream_once_and_espnet_trains_on_it(tiny_corpus, tiny_teacher, tiny_student,
                                                                            tmp_path):
     """The embedded default: stage 4 stores the teacher's, the student's and the random-init student's

@@ -21,13 +21,57 @@ def test_pos_conv_stays_fp32_under_autocast(tiny_teacher):
     reference = pos_conv(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         plain = pos_conv(x.bfloat16())
-        speed.keep_pos_conv_fp32(teacher)
+        speed.set_pos_conv(teacher, speed.SpeedConfig(pos_conv_fp32=True))
         kept = pos_conv(x.bfloat16())
     assert kept.dtype == torch.bfloat16  # what the next layer expects
     err_kept = (kept.float() - reference).abs().max()
     err_plain = (plain.float() - reference).abs().max()
     assert err_kept < err_plain  # computed in fp32: only the input and output roundings remain
     assert set(teacher.state_dict()) == set(load_speech_model(tiny_teacher)[0].state_dict())
+
+
+@pytest.mark.parametrize("kernel,groups,frames", [(128, 16, 50), (127, 4, 7), (128, 16, 300)])
+def test_fft_pos_conv_is_fairseqs_pos_conv(kernel, groups, frames):
+    """The FFT's positional conv against fairseq's own module: outputs and every gradient (input,
+    weight_g, weight_v, bias), at HuBERT's kernel and an odd one, fewer frames than the kernel too;
+    under bf16 autocast it computes in fp32 and hands back bf16."""
+    from fairseq.models.wav2vec.wav2vec2 import make_conv_pos
+
+    torch.manual_seed(0)
+    pos_conv = make_conv_pos(64, kernel, groups)
+    torch.nn.init.normal_(pos_conv[0].bias)
+    x = torch.randn(3, 64, frames, requires_grad=True)
+    outputs, grads = [], []
+    for use_fft in (False, True):
+        cfg = speed.SpeedConfig(pos_conv_fp32=True, pos_conv_fft=use_fft)
+        module = torch.nn.Module()
+        module.encoder = torch.nn.Module()
+        module.encoder.pos_conv = pos_conv
+        speed.set_pos_conv(module, cfg)
+        y = pos_conv(x)
+        (y * torch.linspace(-1, 1, frames)).sum().backward()
+        outputs.append(y.detach())
+        grads.append([t.grad.clone() for t in (x, pos_conv[0].weight_g, pos_conv[0].weight_v, pos_conv[0].bias)])
+        for t in (x, *pos_conv.parameters()):
+            t.grad = None
+    assert outputs[1].shape == (3, 64, frames)
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
+    for fft_grad, direct_grad in zip(grads[1], grads[0]):
+        torch.testing.assert_close(fft_grad, direct_grad, rtol=1e-4, atol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = pos_conv(x.detach().bfloat16())
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), pos_conv(x.detach().bfloat16().float()), rtol=1e-2, atol=1e-2)
+
+
+def test_fft_pos_conv_refuses_another_layout():
+    from fairseq.models.wav2vec.wav2vec2 import make_conv_pos
+
+    module = torch.nn.Module()
+    module.encoder = torch.nn.Module()
+    module.encoder.pos_conv = make_conv_pos(64, 128, 16, is_batch_norm=True)  # fairseq's conv_pos_batch_norm
+    with pytest.raises(TypeError, match=r"pos_conv_fft=false"):
+        speed.set_pos_conv(module, speed.SpeedConfig(pos_conv_fft=True))
 
 
 def test_bf16_and_shared_cnn_train_the_student(tiny_corpus, tiny_teacher, tmp_path):
@@ -61,7 +105,7 @@ def test_benchmark_runs_and_reports_ratios(tmp_path):
     for row in step.values():
         assert row["audio_hours_per_hour"] > 0 and row["tflops"] > 0
     assert set(report["stacking"]) == {"levers_off", "levers_on", "levers_on_cached", "student_alone",
-                                       "student_alone_torch_adamw"}
+                                       "student_alone_torch_adamw", "student_alone_fft", "student_alone_torch_adamw_fft"}
     assert all(row["speedup"] > 0 for row in report["stacking"].values())
     assert set(report["teacher_forward"]) == {"fp32", "levers_on", "bf16_weights"}
     assert all(row["audio_hours_per_hour"] > 0 and row["tflops"] > 0 for row in report["teacher_forward"].values())

@@ -35,6 +35,7 @@ def asr(upstream: Path, config: Path, datadir: Path, asr_dir: Path, *extra: str)
          "--train-args", "--max_epoch 1 --batch_size 4", *extra])
 
 
+@pytest.mark.slow
 def test_asr_reruns_what_a_change_makes_stale(tiny_corpus, tiny_student, tmp_path):
     """One ESPnet run, then one change at a time, each rerunning exactly the steps it makes stale;
     an unchanged rerun does nothing."""

@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 
+import pytest
 import yaml
 from fairseq import checkpoint_utils
 
@@ -113,6 +114,7 @@ def test_run_sh_stage_5_scores_the_students_at_chosen_depths(tiny_corpus, tiny_t
     assert re.search(r"stage 5: \d+ min \d+ s", proc.stdout)
 
 
+@pytest.mark.slow
 def test_anytime_students_are_scored_at_every_depth(tiny_corpus, tiny_teacher, tmp_path):
     """local/anytime.sh: four ways of training a student for any depth, each cut to every depth,
     scored by mini-SUPERB, with each depth's real-time factor, in one table."""
@@ -131,6 +133,12 @@ def test_anytime_students_are_scored_at_every_depth(tiny_corpus, tiny_teacher, t
         (v, d) for v in ("static", "layerdrop", "dld", "interleaved_dld") for d in ("2", "6")]
     assert all(float(r[3]) > 0 for r in rows if r[1] != "-")  # a real-time factor for every depth
     assert "ESPnet WER (%)" in table
+    for v in ("static", "layerdrop", "dld", "interleaved_dld"):  # ESPnet trained on mini-SUPERB's stores, dev's added
+        espnet = yaml.safe_load((tmp_path / f"exp/asr/asr_tiny_s3prl_{v}_depth2_bpe30/config.yaml").read_text())
+        assert espnet["frontend"] is None, v
+        features = tmp_path / f"exp/features/{v}_depth2"
+        assert (features / "dev/feats.ark").stat().st_mtime > (features / "train/feats.ark").stat().st_mtime
+        assert (features / "test/feats.ark").stat().st_mtime < (tmp_path / "exp/superb/results.md").stat().st_mtime
     espnet = {(r[0], r[1]): r[2] for r in rows if r[1] != "-"}
     assert all(float(espnet[v, "2"]) > 0 for v in ("static", "layerdrop", "dld", "interleaved_dld"))  # ESPnet's WER
     assert all(espnet[v, "6"] == "-" for v in ("static", "layerdrop", "dld", "interleaved_dld"))  # not asked for

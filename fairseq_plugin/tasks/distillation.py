@@ -193,8 +193,7 @@ class DistillationTask(AudioPretrainingTask):
             self.teacher_model_cfg = None
             return self.teacher.info(cfg.teacher_checkpoint), self.teacher.normalize
         self.teacher, teacher_cfg, _ = load_speech_model(cfg.teacher_checkpoint)
-        if cfg.speed.pos_conv_fp32:
-            speed.keep_pos_conv_fp32(self.teacher)
+        speed.set_pos_conv(self.teacher, cfg.speed)
         speed.contiguous_layer_inputs(self.teacher)
         if cfg.speed.compile_layers:
             speed.compile_layers(self.teacher, cfg.speed.compile_mode)
@@ -231,8 +230,7 @@ class DistillationTask(AudioPretrainingTask):
         if self.cfg.speed.share_teacher_cnn:
             self._student_cnn_like_teachers(cfg)
         model = super().build_model(cfg, from_checkpoint)
-        if self.cfg.speed.pos_conv_fp32:
-            speed.keep_pos_conv_fp32(model)
+        speed.set_pos_conv(model, self.cfg.speed)
         if self.cfg.speed.share_teacher_cnn:
             if not model.copy_cnn_from(self.teacher):
                 raise ValueError(
@@ -318,7 +316,7 @@ class DistillationTask(AudioPretrainingTask):
         dtype = speed.frozen_weights_dtype(self.cfg.speed.teacher_precision)
         if dtype != torch.float32 and next(self.teacher.parameters()).dtype != dtype:
             # cast here, at its first forward, so that students initialised from it saw fp32 weights
-            speed.cast_frozen(self.teacher, dtype, self.cfg.speed.pos_conv_fp32)
+            speed.cast_frozen(self.teacher, dtype, self.cfg.speed.pos_conv_fp32 or self.cfg.speed.pos_conv_fft)
         self.teacher.eval()
         with torch.no_grad(), speed.autocast(source.device, self.cfg.speed.teacher_precision):
             yield self.teacher, source.to(next(self.teacher.parameters()).dtype)
