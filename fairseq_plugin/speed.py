@@ -121,6 +121,11 @@ def _fp32_forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.Sequential.forward(self, x.to(dtype)).to(x.dtype)
 
 
+def pos_conv_mode(cfg: SpeedConfig) -> str:
+    """How the switches run the positional conv: what a teacher cache's fingerprint records."""
+    return "fft" if cfg.pos_conv_fft else "fp32" if cfg.pos_conv_fp32 else "autocast"
+
+
 def set_pos_conv(model: torch.nn.Module, cfg: SpeedConfig) -> None:
     """Run `model.encoder.pos_conv` as the switches ask: through the FFT (`pos_conv_fft`, fp32), in
     fp32 even under autocast (`pos_conv_fp32`), or as fairseq runs it. The forward is replaced on

@@ -1,7 +1,8 @@
 """Teacher targets cached on disk (`task.speed.teacher_cache=DIR`): the teacher runs once per
 utterance instead of once per epoch and per student.
 
-Layout of `DIR/<split>-<fingerprint>/`, one per (teacher, manifest, cropping, precision), so the
+Layout of `DIR/<split>-<fingerprint>/`, one per (teacher, manifest, cropping, precision, the way its
+positional conv runs), so the
 students of one teacher share it (e.g. one run per growth operator, as stage 3 makes):
 
     meta.json      what the targets were made from (teacher and manifest sha256, crops, ...)

@@ -73,6 +73,9 @@ def test_cache_stores_the_teachers_targets_and_serves_them_without_the_teacher(t
     # Another teacher precision is another set of targets.
     bf16 = make_task(tiny_corpus, tiny_teacher, tmp_path / "cache", teacher_precision="bf16").teacher_caches["train"]
     assert bf16.dir != cache.dir and bf16.filled_fraction() == 0.0
+    # So is another way of running its positional conv (through the FFT: equal to float rounding, not bit for bit).
+    fft = make_task(tiny_corpus, tiny_teacher, tmp_path / "cache", pos_conv_fft=True).teacher_caches["train"]
+    assert fft.dir not in (cache.dir, bf16.dir) and fft.filled_fraction() == 0.0
     meta = json.loads((cache.dir / "meta.json").read_text())
     assert meta["layers"] == [1, 2] and meta["max_sample_size"] == MAX_SAMPLES
 

@@ -287,7 +287,8 @@ class DistillationTask(AudioPretrainingTask):
         frames = teacher_cache.num_frames(np.minimum(dataset.sizes, max_samples), convs)
         fingerprint = {"teacher_sha256": self._teacher_sha256, "manifest_sha256": teacher_cache.file_sha256(manifest),
                        "max_sample_size": max_samples, "min_sample_size": cfg.min_sample_size, "seed": cfg.seed,
-                       "normalize": bool(cfg.normalize), "teacher_precision": cfg.speed.teacher_precision}
+                       "normalize": bool(cfg.normalize), "teacher_precision": cfg.speed.teacher_precision,
+                       "teacher_pos_conv": speed.pos_conv_mode(cfg.speed)}
         cache = teacher_cache.TeacherCache(cfg.speed.teacher_cache, split, frames,
                                            self.target_layers, self.teacher_dim,
                                            fingerprint)
