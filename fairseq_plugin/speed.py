@@ -21,9 +21,9 @@
 - `pos_conv_fft`: compute the positional conv through the FFT (`fairseq_plugin/fft_conv.py`), in
   fp32: the same function to float rounding, O(T log T) instead of O(T x 128) per channel pair.
   On a 2-core CPU it takes the conv's forward and backward at the `small` student's shape from
-  10 to 4 ms, at HuBERT Base's (8 x 15 s) from 0.65 to 0.18 s. Off by default: on GPUs the
-  direct fp32 conv is already fast and the FFT's speed there is unmeasured; the CPU preset
-  (`tiny`) turns it on.
+  9.7 to 3.4 ms, at HuBERT Base's (8 x 15 s) from 0.6 to 0.2 s. Off by default: on an H100 the
+  same computation changed no step time (the step waits on kernel launches there; README: On a
+  GPU); the CPU preset (`tiny`) turns it on.
 - `share_teacher_cnn`: the student's CNN front end is the teacher's, copied at start and frozen,
   and the CNN runs once per batch for both. Needs identical CNN shapes. Off by default: it
   fixes the student's CNN (a different student, not a faster way to train the same one).
