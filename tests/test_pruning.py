@@ -16,6 +16,7 @@ from fairseq_plugin.encoder_outputs import layer_outputs
 from fairseq_plugin.export import load_student, to_fairseq_hubert
 from fairseq_plugin.models.student import GrowingStudent, StudentConfig
 from fairseq_plugin.pruning import HardConcreteGate, PruningConfig
+from local.distill.compare import espnet_wer
 from tests.conftest import REPO, assert_same_weights, run
 from tests.test_distillation import load
 
@@ -270,3 +271,17 @@ def test_a_gated_student_is_not_exported_before_it_is_materialised():
     pruning.attach_gates(model, PruningConfig())
     with pytest.raises(CheckpointError, match="materialise it first: python -m fairseq_plugin.prune"):
         to_fairseq_hubert(model.eval())
+
+
+def test_compare_reads_espnets_wer_beside_the_stored_feature_shapes(tmp_path):
+    """Stage 4 on stored features leaves, beside each ESPnet run, a shape dir whose name holds the
+    run's name too (asr.sh's names); the comparison reads the run's sclite score, not nothing."""
+    asr = tmp_path / "asr"
+    (asr / "asr_stats_extracted_dphubert_tiny_bpe_bpe30_5f1764a6").mkdir(parents=True)
+    score = asr / "asr_tiny_s3prl_dphubert_tiny_bpe30/decode_ctc_greedy_asr_model_valid.loss.ave/test/score_wer"
+    score.mkdir(parents=True)
+    (score / "result.txt").write_text(  # sclite's summary row, as its result.txt has it
+        "|     Sum/Avg    |      320           1419     |     13.2          80.3            6.4            6.6"
+        "           93.3           97.5     |\n")
+    assert espnet_wer(tmp_path, "dphubert_tiny", "decode_ctc_greedy", "test") == "93.3"
+    assert espnet_wer(tmp_path, "interleaved", "decode_ctc_greedy", "test") == "-"  # not run

@@ -45,7 +45,9 @@ def macs_per_second(student: torch.nn.Module, seconds: float = 10.0) -> float:
 
 
 def espnet_wer(exp: Path, run: str, inference: str, test_set: str) -> str:
-    found = sorted(exp.glob(f"asr/asr_*_{run}_bpe*"))
+    # asr.sh's run dir, asr_<config>_<run>_bpe<n>; not its shape dir on stored features,
+    # asr_stats_extracted_<run>_bpe_<mode><n>_<hash>, which the same pattern matches
+    found = sorted(d for d in exp.glob(f"asr/asr_*_{run}_bpe*") if not d.name.startswith("asr_stats_"))
     if len(found) != 1:
         return "-"
     return f"{sum_avg(decode_dir(found[0], inference, test_set) / 'score_wer/result.txt')['Err']:.1f}"
