@@ -317,7 +317,7 @@ class DistillationTask(AudioPretrainingTask):
         dtype = speed.frozen_weights_dtype(self.cfg.speed.teacher_precision)
         if dtype != torch.float32 and next(self.teacher.parameters()).dtype != dtype:
             # cast here, at its first forward, so that students initialised from it saw fp32 weights
-            speed.cast_frozen(self.teacher, dtype, self.cfg.speed.pos_conv_fp32 or self.cfg.speed.pos_conv_fft)
+            speed.cast_frozen(self.teacher, dtype, speed.pos_conv_mode(self.cfg.speed) != "autocast")
         self.teacher.eval()
         with torch.no_grad(), speed.autocast(source.device, self.cfg.speed.teacher_precision):
             yield self.teacher, source.to(next(self.teacher.parameters()).dtype)
