@@ -2,12 +2,14 @@
 
     python -m fairseq_plugin.bench                     # GPU: HuBERT Base teacher, `paper` student
     python -m fairseq_plugin.bench --size small        # what a 2-core CPU measures in a minute
+    python -m fairseq_plugin.bench --size paper        # GPU: the `paper` preset's own batch, 16 x 15.6 s
     python -m fairseq_plugin.bench --size tiny --steps 2 --warmup 1 --out bench.json   # smoke test
 
 Measured in one run, on the device it runs on, with random weights (cost does not depend on them):
 
 1. The plugin's real training step (`DistillationTask.train_step`, the `layer_distillation`
-   criterion, fairseq's `adam` or the plugin's `torch_adamw`), with the `task.speed.*` levers off, each alone, and all on, against a plain eager
+   criterion, the optimizer's gradient clipping as fairseq's trainer calls it, fairseq's `adam`
+   or the plugin's `torch_adamw`), with the `task.speed.*` levers off, each alone, and all on, against a plain eager
    PyTorch step of the same teacher, student, loss and batch. Reported: ms per step, audio-hours
    per hour, achieved TFLOP/s (counted by torch's FlopCounterMode, forward + backward), peak
    GPU memory, and the ratio to the eager baseline.
@@ -21,6 +23,8 @@ Measured in one run, on the device it runs on, with random weights (cost does no
    positional conv through the FFT, `pos_conv_fft`). The depth
    does not change what the teacher and the CNN cost, which is why cutting those fixed costs is
    what lets growth pay.
+3. What a teacher-cache fill's disk writes alone keep up with (fp16 rows synced to disk), beside
+   the teacher's forward: a fill runs at the slower of the two.
 
 Prints a table and writes a JSON report. `--profile` adds torch.profiler's top operators for the
 eager baseline, the teacher's forward and the plugin with every lever on; `--modules` times each
@@ -40,6 +44,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import soundfile
 import torch
 import torch.nn.functional as F
@@ -52,7 +57,7 @@ from omegaconf import OmegaConf
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from fairseq_plugin import growth, speed
+from fairseq_plugin import growth, speed, teacher_cache
 from fairseq_plugin.atomic_io import atomic_write_text
 from fairseq_plugin.criterions.layer_distillation import (LayerDistillationConfig, LayerDistillationCriterion,
                                                           student_layer_for)
@@ -82,6 +87,8 @@ class Size:
 
 SIZES = {
     "base": Size((12, 768, 3072, 12), (12, 384, 1536, 8), HUBERT_CNN, 8, 15.0),  # HuBERT Base -> `paper`
+    # The `paper` preset's own step on one GPU: 16 utterances cropped at max_sample_size (250,000).
+    "paper": Size((12, 768, 3072, 12), (12, 384, 1536, 8), HUBERT_CNN, 16, 15.625),
     "small": Size((6, 256, 1024, 4), (12, 128, 512, 4), HUBERT_CNN, 2, 4.0),
     "tiny": Size((3, 64, 128, 2), (12, 32, 64, 2), TINY_CNN, 2, 1.0),
 }
@@ -150,6 +157,7 @@ STACKING = {"levers_off": LEVERS_OFF, "levers_on": LEVERS_ON, "levers_on_cached"
 STACKING_COMPILED = {"student_alone_torch_adamw_compiled": COMPILED["plugin_student_only_torch_adamw_compiled"][0],
                      "student_alone_torch_adamw_cuda_graphs": COMPILED["plugin_student_only_torch_adamw_cuda_graphs"][0]}
 EPOCH_HOURS = 960  # LibriSpeech 960 h: what one epoch of the `paper` preset reads
+CLIP_NORM = 10.0  # the presets' optimization.clip_norm: fairseq's trainer clips before every update
 
 
 def write_teacher(size: Size, path: Path) -> None:
@@ -219,6 +227,7 @@ def set_depth(task: DistillationTask, model, depth: int) -> None:
 def plugin_step(task, model, criterion, optimizer, batch, update: int = 0) -> None:
     sample = {"id": batch["id"], "net_input": dict(batch["net_input"])}
     task.train_step(sample, model, criterion, optimizer, update)
+    optimizer.clip_grad_norm(CLIP_NORM)
     optimizer.step()
     optimizer.zero_grad()
 
@@ -240,6 +249,7 @@ def step_function(task, model, criterion, optimizer, batch, device: torch.device
 
     def train(sample: dict) -> None:
         task.train_step(sample, model, criterion, optimizer, 0)
+        optimizer.clip_grad_norm(CLIP_NORM)
         optimizer.step()
         optimizer.zero_grad()
 
@@ -253,7 +263,7 @@ def step_function(task, model, criterion, optimizer, batch, device: torch.device
 
 def eager_step(task, model, optimizer: torch.optim.Optimizer, batch) -> None:
     """Every lever off, written out in plain PyTorch: the teacher forward, the student forward,
-    MSE on the last layer + 0.5 x layer-to-layer MSE, backward, AdamW."""
+    MSE on the last layer + 0.5 x layer-to-layer MSE, backward, gradient clipping, AdamW."""
     source, padding_mask = batch["net_input"]["source"], batch["net_input"]["padding_mask"]
     with torch.no_grad():
         t_layers, _ = layer_outputs(task.teacher.eval(), source, padding_mask, task.teacher_depth)
@@ -264,6 +274,7 @@ def eager_step(task, model, optimizer: torch.optim.Optimizer, batch) -> None:
                         t_layers[t - 1]) for k, t in enumerate(task.teacher_layers, start=1)]
     loss = loss + 0.5 * torch.stack(terms).mean()
     loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
     optimizer.step()
     optimizer.zero_grad()
 
@@ -319,6 +330,25 @@ def measure(step, size: Size, device: torch.device, steps: int, warmup: int) -> 
     return {"ms_per_step": 1000 * seconds, "audio_hours_per_hour": audio / seconds,
             "tflops": counter.get_total_flops() / seconds / 1e12,
             "peak_gpu_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
+
+
+def cache_write_rate(size: Size, root: Path, device: torch.device, batches: int = 8) -> float:
+    """Audio-hours per hour that a cache fill's writes alone keep up with: `batches` batches of
+    the teacher's three target layers and the student's input (fp16 rows, synced to disk), from
+    the device, into a fresh cache. A fill runs no faster than this, whatever the teacher costs."""
+    spec = eval(size.cnn)  # [(channels, kernel, stride), ...], fairseq's own notation
+    frames = teacher_cache.num_frames(int(size.seconds * 16000), [(k, s) for _, k, s in spec])
+    n = batches * size.batch
+    layers = teacher_cache.TeacherCache(root, "train", np.full(n, frames), [1, 2, 3], size.teacher[1], {})
+    student_input = teacher_cache.TeacherCache(root, "train", np.full(n, frames), ["cnn"], spec[-1][0], {})
+    targets = {k: torch.randn(size.batch, frames, size.teacher[1], device=device) for k in (1, 2, 3)}
+    features = {"cnn": torch.randn(size.batch, frames, spec[-1][0], device=device)}
+    start = time.perf_counter()
+    for b in range(batches):
+        ids = torch.arange(b * size.batch, (b + 1) * size.batch)
+        layers.write(ids, targets)
+        student_input.write(ids, features)
+    return n * size.seconds / (time.perf_counter() - start)
 
 
 def top_operators(step, device: torch.device, steps: int = 3, top: int = 12) -> list[dict]:
@@ -424,6 +454,7 @@ def run(size: Size, device: torch.device, steps: int, warmup: int, depths: list[
                              ("student_input_cache_gb_per_audio_hour", "cnn.npy")):
             per_cache = [sum(f.stat().st_size for f in c.glob(pattern)) for c in caches]  # one set of files each
             report[key] = max(per_cache) / 1e9 / audio_hours
+        report["teacher_cache_writes_audio_hours_per_hour"] = cache_write_rate(size, data / "write_rate", device)
         for name, levers in {**STACKING, **(STACKING_COMPILED if with_compile else {})}.items():
             task, model, criterion, optimizer = build(size, data, levers, device, name in TORCH_ADAMW)
             step = step_function(task, model, criterion, optimizer, batch, device)
@@ -461,6 +492,8 @@ def table(report: dict, depths: list[int]) -> str:
         ms = row["ms_per_step_at_depth"]
         lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(f"{ms[d]:.1f}" for d in depths)
                      + f" | {row['speedup']:.2f}x |")
+    lines += ["", f"teacher cache writes alone: {report['teacher_cache_writes_audio_hours_per_hour']:.0f} audio-h "
+              "per h (a fill runs no faster)"]
     lines += ["", f"teacher cache on disk: {report['teacher_cache_gb_per_audio_hour']:.3f} GB per hour of audio "
               f"(fp16, the layers the loss uses), student input {report['student_input_cache_gb_per_audio_hour']:.3f} "
               "GB per hour (fp16 CNN features)"]
@@ -476,7 +509,8 @@ def table(report: dict, depths: list[int]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=sorted(SIZES), help="default: base on a GPU, small on CPU")
+    parser.add_argument("--size", choices=sorted(SIZES), help="default: base (8 x 15 s) on a GPU, small on CPU; paper: "
+                        "the paper preset's batch per GPU (16 x 15.6 s)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement (median)")
     parser.add_argument("--warmup", type=int, default=3)

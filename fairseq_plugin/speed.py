@@ -156,6 +156,19 @@ def cast_frozen(model: torch.nn.Module, dtype: torch.dtype, pos_conv_fp32: bool)
         pos_conv.float()
 
 
+def mark_graph_step(cfg: SpeedConfig) -> None:
+    """Tell CUDA graph trees (`compile_mode=reduce-overhead`) that a new step begins: the outputs
+    of the graphs replayed before it are dead. Called where each micro-batch starts (train_step,
+    valid_step): the teacher's targets, a growth's probes, the forward and the backward of one
+    micro-batch are one step. Left to itself, torch infers the boundaries
+    from pending backwards, and inside fairseq's trainer (a dry-run validation before training,
+    update_freq micro-batches per update) it inferred one too early on an H100: the backward then
+    read an activation a later replay had overwritten ("accessing tensor output of CUDAGraphs
+    that has been overwritten by a subsequent run", README: On a GPU)."""
+    if cfg.compile_mode == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()
+
+
 def compile_layers(model: torch.nn.Module, mode: str = "default") -> None:
     """`torch.compile` each of `model.encoder.layers` in place; its state dict keeps its names."""
     for layer in model.encoder.layers:

@@ -3,6 +3,7 @@ own `adam` does. The presets train with it, so every resume-across-growth test r
 from __future__ import annotations
 
 import torch
+from fairseq import utils
 from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
 
 from fairseq_plugin.optim import TorchAdamW, TorchAdamWConfig
@@ -29,3 +30,31 @@ def test_torch_adamw_steps_as_fairseqs_adam():
     for a, b, s in zip(ours, theirs, start):
         assert (b - s).abs().max() > 1e-3  # it trained
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_clipping_matches_fairseqs_own():
+    """torch_adamw clips with torch's multi-tensor norm; the norm it returns and the gradients it
+    leaves are fairseq's `clip_grad_norm_`'s, with clipping on and off, a parameter without a
+    gradient, and an aggregation across shards (fairseq's model-parallel hook)."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(384, 384), (384,), (1536, 384), (7,), (3, 5, 2)]
+    for max_norm, aggregate in ((1.0, None), (0.0, None), (1e6, None), (1.0, lambda norm: norm * 2)):
+        params = [torch.nn.Parameter(torch.zeros(s)) for s in shapes]
+        for p in params[:-1]:  # the last one gets no gradient, as a dormant layer
+            p.grad = torch.randn(p.shape, generator=gen)
+        theirs = [p.grad.clone() for p in params[:-1]]
+        expected = utils.clip_grad_norm_([_with_grad(p, g) for p, g in zip(params[:-1], theirs)], max_norm, aggregate)
+        optimizer = TorchAdamW(TorchAdamWConfig(lr=[1e-3]), params)
+        norm = optimizer.clip_grad_norm(max_norm, aggregate)
+        assert norm.dtype == torch.float32
+        torch.testing.assert_close(norm, expected)
+        for p, g in zip(params[:-1], theirs):
+            torch.testing.assert_close(p.grad, g)
+        assert params[-1].grad is None
+    assert float(expected) > 1.0  # above max_norm=1: the cases with it clipped
+
+
+def _with_grad(like: torch.Tensor, grad: torch.Tensor) -> torch.nn.Parameter:
+    p = torch.nn.Parameter(torch.zeros_like(like))
+    p.grad = grad  # fairseq's clip scales this tensor in place: `theirs` holds the clipped result
+    return p

@@ -419,6 +419,7 @@ class DistillationTask(AudioPretrainingTask):
             d.after_growth and update_num < self.stages[-1].start_update)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        speed.mark_graph_step(self.cfg.speed)
         sample["teacher"] = self.teacher_targets(sample)
         self._grow_if_due(sample, model, criterion, optimizer, update_num)
         if self._dropping_now(update_num):  # after growth: the gates are drawn among the live layers
@@ -438,6 +439,7 @@ class DistillationTask(AudioPretrainingTask):
         return loss, sample_size, logging_output
 
     def valid_step(self, sample, model, criterion):
+        speed.mark_graph_step(self.cfg.speed)
         sample["teacher"] = self.teacher_targets(sample)
         return super().valid_step(sample, model, criterion)
 
