@@ -36,7 +36,8 @@
   CUDA graphs: each compiled layer's kernels replay as one launch, which is what a step bound by
   the host's kernel launches needs (the student alone on a GPU: 40 % idle, see the README).
   Each new input shape records new graphs, so it pays where shapes repeat (fixed crops, the
-  teacher cache); on a CPU it is the default mode.
+  teacher cache); on a CPU it is the default mode. Each train and valid step marks its start
+  for torch's CUDA graph trees (`mark_graph_step`).
 - `teacher_cache`: a directory where the teacher's targets are kept on disk (memory-mapped
   fp16), so the teacher runs once per utterance, not once per epoch and per student. Off by
   default: crops become fixed per utterance and targets fp16 (`fairseq_plugin/teacher_cache.py`).

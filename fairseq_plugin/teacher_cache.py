@@ -16,8 +16,9 @@ layer norm) is just as fixed per crop, and a second cache of the same layout kee
 Transformer and nothing else.
 
 It fills as batches come by: a batch whose utterances are all filled is read from disk (in the
-data loader's workers); otherwise the teacher runs and its outputs are written, rows first and
-flags after, so a run killed in between recomputes those utterances and never reads half rows.
+data loader's workers, through memory maps); otherwise the teacher runs and its outputs are
+written (`pwrite`, synced), rows first and flags after, so a run killed in between recomputes
+those utterances and never reads half rows.
 Space is reserved (fallocate) when the cache is made, so a full disk is an error then, not a
 crash half-way through training.
 

@@ -4,7 +4,9 @@
 #   2. 50 updates of the `paper` preset (with its growth) from a HuBERT Base-shaped teacher with
 #      random weights, on synthetic audio (local/distill/synthetic.py), on 2 GPUs when there are 2;
 #   3. the benchmark's table (python -m fairseq_plugin.bench: ms per step, audio-hours per hour,
-#      memory, the speed levers and what growth saves).
+#      memory, the speed levers and what growth saves);
+#   4. the paper preset trained from a teacher cache, eager and with CUDA graphs, as fairseq logs
+#      it per depth (local/cached_throughput.sh), after the cache fill's own time.
 # Without CUDA it says so and exits 0, having checked nothing.
 #
 #   local/gpu_check.sh [--out exp/gpu_check] [--updates 50] [--ngpu 2] [--utterances 512]
@@ -29,10 +31,10 @@ ngpu=$(python -c "import torch; print(min(${ngpu}, torch.cuda.device_count()))")
 log "$(python -c "import torch; print(', '.join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())))"); using ${ngpu}"
 mkdir -p "${out}"
 
-# Each step runs even when one before it failed, so that one call on a GPU machine reports all three.
+# Each step runs even when one before it failed, so that one call on a GPU machine reports all four.
 failed=()
 
-log "1/3 bf16 on CUDA: python -m pytest -m gpu"
+log "1/4 bf16 on CUDA: python -m pytest -m gpu"
 rc=0
 # Only the modules that hold gpu tests are collected: the others need ESPnet and S3PRL, which a
 # GPU check does not.
@@ -41,7 +43,7 @@ python -m pytest -q -m gpu "${gpu_modules[@]}" || rc=$?
 if [ "${rc}" -eq 5 ]; then
   log "no test is marked gpu"
 elif [ "${rc}" -ne 0 ]; then
-  failed+=("1/3 (pytest -m gpu exited ${rc})")
+  failed+=("1/4 (pytest -m gpu exited ${rc})")
 fi
 
 paper_preset() {
@@ -68,13 +70,16 @@ print(f"paper preset: {done} updates, grown to depth {depth}, in {seconds} s wit
 EOF
 }
 
-log "2/3 ${updates} updates of the paper preset from a HuBERT Base-shaped teacher, on ${ngpu} GPU(s)"
-paper_preset || failed+=("2/3 (the paper preset: ${out}/paper_${ngpu}gpu.log)")
+log "2/4 ${updates} updates of the paper preset from a HuBERT Base-shaped teacher, on ${ngpu} GPU(s)"
+paper_preset || failed+=("2/4 (the paper preset: ${out}/paper_${ngpu}gpu.log)")
 
-log "3/3 the benchmark: python -m fairseq_plugin.bench"
-python -m fairseq_plugin.bench --out "${out}/bench.json" || failed+=("3/3 (the benchmark)")
+log "3/4 the benchmark: python -m fairseq_plugin.bench"
+python -m fairseq_plugin.bench --out "${out}/bench.json" || failed+=("3/4 (the benchmark)")
+
+log "4/4 the paper preset from a teacher cache, eager and with CUDA graphs: local/cached_throughput.sh"
+local/cached_throughput.sh --out "${out}/cached_throughput" || failed+=("4/4 (${out}/cached_throughput)")
 if [ "${#failed[@]}" -gt 0 ]; then
   log "failed: ${failed[*]}"
   exit 1
 fi
-log "done: ${out}/paper_${ngpu}gpu.log, ${out}/bench.json"
+log "done: ${out}/paper_${ngpu}gpu.log, ${out}/bench.json, ${out}/cached_throughput/throughput.md"
