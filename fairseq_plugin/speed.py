@@ -161,11 +161,12 @@ def mark_graph_step(cfg: SpeedConfig) -> None:
     """Tell CUDA graph trees (`compile_mode=reduce-overhead`) that a new step begins: the outputs
     of the graphs replayed before it are dead. Called where each micro-batch starts (train_step,
     valid_step): the teacher's targets, a growth's probes, the forward and the backward of one
-    micro-batch are one step. Left to itself, torch infers the boundaries
-    from pending backwards, and inside fairseq's trainer (a dry-run validation before training,
-    update_freq micro-batches per update) it inferred one too early on an H100: the backward then
-    read an activation a later replay had overwritten ("accessing tensor output of CUDAGraphs
-    that has been overwritten by a subsequent run", README: On a GPU)."""
+    micro-batch are one step. Left to itself, torch infers the boundaries from pending
+    backwards; inside fairseq's trainer (a dry-run validation before training, update_freq
+    micro-batches per update) that failed on an H100, the backward reading an activation a later
+    replay had overwritten ("accessing tensor output of CUDAGraphs that has been overwritten by a
+    subsequent run", README: On a GPU). The mark is the remedy torch's message names; it has not
+    run on a GPU yet."""
     if cfg.compile_mode == "reduce-overhead":
         torch.compiler.cudagraph_mark_step_begin()
 
