@@ -95,6 +95,35 @@ def tiny_corpus(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def synthetic_corpus(tmp_path_factory) -> Path:
+    """A root laid out as tiny_corpus's manifests (`data/manifests/{train,dev}.tsv`), over tones in
+    noise (local.distill.synthetic): it needs neither espeak-ng nor k-means, so the tests marked
+    gpu run on a bare GPU machine."""
+    import numpy as np
+
+    from local.distill import synthetic
+
+    root = tmp_path_factory.mktemp("synthetic_corpus")
+    rng = np.random.default_rng(0)
+    for split in ("train", "dev"):
+        synthetic.write_audio(root / "data/manifests", split, 12, rng, seconds=(1.0, 2.0))
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_teacher(tmp_path_factory) -> Path:
+    """A fairseq HuBERT checkpoint of tiny_teacher's shape (2 x 64, 32-channel CNN), random weights."""
+    from fairseq.models.hubert.hubert import HubertConfig
+
+    from fairseq_plugin.export import hubert_checkpoint, save_hubert
+
+    _, state, dictionaries = hubert_checkpoint(HubertConfig(
+        encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128, encoder_attention_heads=2,
+        conv_feature_layers="[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2", encoder_layerdrop=0.0))
+    return save_hubert(state, dictionaries, tmp_path_factory.mktemp("synthetic_teacher") / "teacher.pt")
+
+
 def teacher_cmd(tiny_corpus: Path, labels: Path, out: Path) -> list[str]:
     """fairseq-hydra-train of the recipe's teacher config, cut down to a 2 x 64 HuBERT and 6 updates."""
     data = tiny_corpus / "data"

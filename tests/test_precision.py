@@ -93,9 +93,9 @@ def test_student_fp16_autocast_is_refused_for_want_of_a_grad_scaler():
                          ids=["fp32", "bf16"])
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_precision_reaches_teacher_and_student_layers_on_cuda(tiny_corpus, tiny_teacher, levers):
+def test_precision_reaches_teacher_and_student_layers_on_cuda(synthetic_corpus, synthetic_teacher, levers):
     """fairseq's real train_step on a GPU, no patching: each model's layers run at its precision."""
-    task, model, criterion, optimizer, sample = build(tiny_corpus, tiny_teacher, "cuda", **levers)
+    task, model, criterion, optimizer, sample = build(synthetic_corpus, synthetic_teacher, "cuda", **levers)
     task.teacher.cuda()
     want = torch.bfloat16 if levers else torch.float32
     student_seen, teacher_seen = record_fc1_dtypes(model), record_fc1_dtypes(task.teacher)
@@ -137,9 +137,9 @@ def test_fairseqs_fp16_is_refused_without_cuda(tiny_corpus, tiny_teacher, tmp_pa
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_fairseqs_fp16_trains_across_a_growth_on_cuda(tiny_corpus, tiny_teacher, tmp_path):
+def test_fairseqs_fp16_trains_across_a_growth_on_cuda(synthetic_corpus, synthetic_teacher, tmp_path):
     """common.fp16=true: FP16Optimizer with one flat fp32 master copy, which growth must update too."""
-    proc = distill(tiny_corpus, tiny_teacher, tmp_path, "optimization.max_update=4", "model.encoder_layers=6",
+    proc = distill(synthetic_corpus, synthetic_teacher, tmp_path, "optimization.max_update=4", "model.encoder_layers=6",
                    "common.fp16=true")
     assert "growth at update 2: depth 3 -> 6" in proc.stdout + proc.stderr
     assert int(load(tmp_path / "checkpoints/checkpoint_last.pt")["model"]["depth"]) == 6
