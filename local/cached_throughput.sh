@@ -30,7 +30,8 @@ log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (cached_throughput) $*"; }
 data=$(realpath -m "${out}/data")
 cache=$(realpath -m "${out}/cache")
 mkdir -p "${out}"
-[ -f "${data}/teacher.pt" ] || python -m local.distill.synthetic --out "${data}" --utterances "${utterances}" --seconds 16 16.5
+# valid.tsv is written last: a data dir without it was cut short
+[ -f "${data}/valid.tsv" ] || python -m local.distill.synthetic --out "${data}" --utterances "${utterances}" --seconds 16 16.5
 
 read -r -a device_opts <<< "$(python -m local.distill.batch --preset "${preset}" --ngpu "${ngpu}")"
 read -r -a extra_opts <<< "${extra}"
