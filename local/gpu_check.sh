@@ -50,7 +50,7 @@ paper_preset() {
   local data run_dir start device_opts
   data=$(realpath -m "${out}/data")
   run_dir=$(realpath -m "${out}/paper_${ngpu}gpu")
-  [ -f "${data}/teacher.pt" ] || python -m local.distill.synthetic --out "${data}" --utterances "${utterances}" || return 1
+  [ -f "${data}/valid.tsv" ] || python -m local.distill.synthetic --out "${data}" --utterances "${utterances}" || return 1
   rm -rf "${run_dir}"  # a fresh run each time, so that its times are the check's
   read -r -a device_opts <<< "$(python -m local.distill.batch --preset paper --ngpu "${ngpu}")" || return 1
   start=$(date +%s)
