@@ -57,7 +57,7 @@ from omegaconf import OmegaConf
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from fairseq_plugin import growth, speed, teacher_cache
+from fairseq_plugin import conv_spec, growth, speed, teacher_cache
 from fairseq_plugin.atomic_io import atomic_write_text
 from fairseq_plugin.criterions.layer_distillation import (LayerDistillationConfig, LayerDistillationCriterion,
                                                           student_layer_for)
@@ -336,7 +336,7 @@ def cache_write_rate(size: Size, root: Path, device: torch.device, batches: int 
     """Audio-hours per hour that a cache fill's writes alone keep up with: `batches` batches of
     the teacher's three target layers and the student's input (fp16 rows, synced to disk), from
     the device, into a fresh cache. A fill runs no faster than this, whatever the teacher costs."""
-    spec = eval(size.cnn)  # [(channels, kernel, stride), ...], fairseq's own notation
+    spec = conv_spec.parse(size.cnn)  # [(channels, kernel, stride), ...]
     frames = teacher_cache.num_frames(int(size.seconds * 16000), [(k, s) for _, k, s in spec])
     n = batches * size.batch
     layers = teacher_cache.TeacherCache(root, "train", np.full(n, frames), [1, 2, 3], size.teacher[1], {})

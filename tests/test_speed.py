@@ -5,15 +5,13 @@ import dataclasses
 import json
 import sys
 
-import numpy as np
 import pytest
 import torch
 from fairseq import utils
 
 from fairseq_plugin import bench, speed
 from fairseq_plugin.checkpoints import load_speech_model
-from local.distill import synthetic
-from tests.conftest import REPO, distill, run
+from tests.conftest import distill, run
 
 
 def test_pos_conv_stays_fp32_under_autocast(tiny_teacher):
@@ -221,30 +219,18 @@ def test_compiled_layers_train_and_checkpoint_under_their_own_names(tiny_corpus,
 
 
 @pytest.mark.parametrize("device", [pytest.param("cpu", marks=pytest.mark.slow), DEVICES[1]])
-def test_layers_compiled_with_cuda_graphs_train_in_fairseqs_own_loop(device, tmp_path):
+def test_layers_compiled_with_cuda_graphs_train_in_fairseqs_own_loop(device, synthetic_corpus, synthetic_teacher,
+                                                                     tmp_path):
     """compile_mode=reduce-overhead inside fairseq-hydra-train, as a user runs it: a dry-run
     validation before training, two micro-batches per update, dropout, a growth, the student
     alone from a teacher cache, DataLoader workers. On an H100 this failed at the first backward
     ("accessing tensor output of CUDAGraphs that has been overwritten by a subsequent run") until
     each micro-batch marked its step (speed.mark_graph_step)."""
-    size = bench.SIZES["tiny"]
-    bench.write_teacher(size, tmp_path / "teacher.pt")
-    rng = np.random.default_rng(0)
-    for split in ("train", "valid"):
-        synthetic.write_audio(tmp_path, split, 8, rng, seconds=(1.0, 1.5))
-    layers, dim, ffn, heads = size.student
-    run_dir = tmp_path / "run"
-    run(["fairseq-hydra-train", "--config-dir", str(REPO / "conf/distill"), "--config-name", "tiny",
-         f"task.data={tmp_path}", f"task.teacher_checkpoint={tmp_path / 'teacher.pt'}",
-         "dataset.train_subset=train", "dataset.valid_subset=valid", f"common.cpu={device == 'cpu'}",
-         "model.encoder_layers=6", f"model.encoder_embed_dim={dim}", f"model.encoder_ffn_embed_dim={ffn}",
-         f"model.encoder_attention_heads={heads}", f"model.conv_feature_layers='{size.cnn}'",
-         "task.teacher_layers=[1,2,3]", "dataset.max_tokens=48000", "dataset.num_workers=2",
-         "optimization.update_freq=[2]", "optimization.max_update=6", "lr_scheduler.warmup_updates=1",
-         "common.log_interval=1", f"task.speed.teacher_cache={tmp_path / 'cache'}", "task.speed.share_teacher_cnn=true",
-         "task.speed.compile_layers=true", "task.speed.compile_mode=reduce-overhead",
-         f"checkpoint.save_dir={run_dir / 'checkpoints'}", f"hydra.run.dir={run_dir / 'hydra'}"])
-    checkpoint = torch.load(run_dir / "checkpoints/checkpoint_last.pt", map_location="cpu", weights_only=False)
+    distill(synthetic_corpus, synthetic_teacher, tmp_path, f"common.cpu={device == 'cpu'}", "model.encoder_layers=6",
+            "dataset.num_workers=2", "optimization.update_freq=[2]", "optimization.max_update=6",
+            f"task.speed.teacher_cache={tmp_path / 'cache'}", "task.speed.share_teacher_cnn=true",
+            "task.speed.compile_layers=true", "task.speed.compile_mode=reduce-overhead")
+    checkpoint = torch.load(tmp_path / "checkpoints/checkpoint_last.pt", map_location="cpu", weights_only=False)
     assert checkpoint["optimizer_history"][-1]["num_updates"] == 6
     assert int(checkpoint["model"]["depth"]) == 6  # grew 3 -> 6 through the graphs
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())

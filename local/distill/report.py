@@ -18,6 +18,7 @@ from pathlib import Path
 from fairseq_plugin.atomic_io import atomic_write_text
 
 _KV = re.compile(r"(\w+)=([-\d.e+]+)")
+_EPOCH = re.compile(r"epoch (\d+):")
 _VALID_KV = re.compile(r"\| (\w+) ([-\d.e+]+)")
 _GROWTH = re.compile(r"growth at update (\d+): depth (\d+) -> (\d+).*?loss on this batch ([\d.]+) -> ([\d.]+)")
 
@@ -25,7 +26,7 @@ _GROWTH = re.compile(r"growth at update (\d+): depth (\d+) -> (\d+).*?loss on th
 @dataclass
 class Run:
     name: str
-    train: list[dict[str, float]] = field(default_factory=list)  # one per train_inner log line
+    train: list[dict[str, float]] = field(default_factory=list)  # one per train_inner log line, with its epoch
     valid: dict[str, float] = field(default_factory=dict)  # the last validation
     valids: list[dict[str, float]] = field(default_factory=list)  # every validation, with the wall clock at it
     growths: list[tuple[int, int, int, float, float]] = field(default_factory=list)
@@ -44,7 +45,9 @@ def parse_log(name: str, path: Path) -> Run:
     run = Run(name)
     for line in path.read_text(errors="replace").splitlines():
         if "[train_inner]" in line:
-            run.train.append({k: float(v) for k, v in _KV.findall(line)})
+            epoch = _EPOCH.search(line)
+            run.train.append({**{k: float(v) for k, v in _KV.findall(line)},
+                              **({"epoch": float(epoch.group(1))} if epoch else {})})
         elif "valid on" in line:
             run.valid = {k: float(v) for k, v in _VALID_KV.findall(line)}
             # validation logs no wall clock: the last progress line's (log_interval updates before, at most)

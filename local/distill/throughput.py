@@ -1,6 +1,6 @@
 """Training throughput per depth, from fairseq's own progress lines: what a real run delivers.
 
-    python -m local.distill.throughput exp/gpu_check/cached_eager.log exp/gpu_check/cached_cuda_graphs.log
+    python -m local.distill.throughput exp/cached_throughput/eager.log exp/cached_throughput/cuda_graphs.log
 
 fairseq logs `wps` (the criterion's `ntokens`, the student's unpadded frames, per second of wall
 clock: data loading, clipping, logging and all) and the live `depth` on every `train_inner` line.
@@ -14,33 +14,21 @@ full depth over the mean time of an update across the depths (equal updates per 
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 from pathlib import Path
 
+from local.distill.report import parse_log
+
 FRAMES_PER_SECOND = 50
-_EPOCH = re.compile(r"epoch (\d+):")
-_KV = re.compile(r"(\w+)=([-\d.e+]+)")  # fairseq's simple log format: key=value
-
-
-def progress_lines(path: Path) -> list[tuple[int, dict[str, float]]]:
-    """(epoch, values) of each of fairseq's `train_inner` lines."""
-    lines = []
-    for line in path.read_text(errors="replace").splitlines():
-        if "[train_inner]" in line and (epoch := _EPOCH.search(line)) is not None:
-            lines.append((int(epoch.group(1)), {k: float(v) for k, v in _KV.findall(line)}))
-    if not lines:
-        raise ValueError(f"{path}: no training progress lines (train_inner); did the run start?")
-    return lines
 
 
 def per_depth(path: Path) -> dict[int, float]:
     """Median audio-hours per hour at each depth the run trained at."""
     rates: dict[int, list[float]] = {}
     seen_depths: set[int] = set()
-    seen_epochs: set[int] = set()
-    for epoch, line in progress_lines(path):
-        depth = int(line["depth"])
+    seen_epochs: set[float] = set()
+    for line in parse_log(path.stem, path).train:  # fairseq's train_inner lines
+        depth, epoch = int(line["depth"]), line["epoch"]
         first_of_depth, first_of_epoch = depth not in seen_depths, epoch not in seen_epochs
         seen_depths.add(depth)
         seen_epochs.add(epoch)
