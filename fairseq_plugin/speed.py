@@ -37,7 +37,8 @@
   the host's kernel launches needs (the student alone on a GPU: 40 % idle, see the README).
   Each new input shape records new graphs, so it pays where shapes repeat (fixed crops, the
   teacher cache); on a CPU it is the default mode. Each train and valid step marks its start
-  for torch's CUDA graph trees (`mark_graph_step`).
+  for torch's CUDA graph trees (`mark_graph_step`), and each train step copies the gradients
+  out of the graphs' memory, so that micro-batches accumulate (`own_graph_grads`).
 - `teacher_cache`: a directory where the teacher's targets are kept on disk (memory-mapped
   fp16), so the teacher runs once per utterance, not once per epoch and per student. Off by
   default: crops become fixed per utterance and targets fp16 (`fairseq_plugin/teacher_cache.py`).
@@ -161,14 +162,31 @@ def mark_graph_step(cfg: SpeedConfig) -> None:
     """Tell CUDA graph trees (`compile_mode=reduce-overhead`) that a new step begins: the outputs
     of the graphs replayed before it are dead. Called where each micro-batch starts (train_step,
     valid_step): the teacher's targets, a growth's probes, the forward and the backward of one
-    micro-batch are one step. Left to itself, torch infers the boundaries from pending
-    backwards; inside fairseq's trainer (a dry-run validation before training, update_freq
-    micro-batches per update) that failed on an H100, the backward reading an activation a later
-    replay had overwritten ("accessing tensor output of CUDAGraphs that has been overwritten by a
-    subsequent run", README: On a GPU). The mark is the remedy torch's message names; it has not
-    run on a GPU yet."""
+    micro-batch are one step, as torch's documentation asks for a training loop. With it, fairseq's
+    loop (dry-run validation, dropout, growth, loader workers) trained on an H100 at update_freq 1;
+    several micro-batches per update need `own_graph_grads` too."""
     if cfg.compile_mode == "reduce-overhead":
         torch.compiler.cudagraph_mark_step_begin()
+
+
+def own_graph_grads(model: torch.nn.Module, cfg: SpeedConfig) -> None:
+    """Copy the student's gradients out of CUDA graph memory after a micro-batch's backward
+    (`compile_layers` with `compile_mode=reduce-overhead`). CUDA graph trees hand autograd the
+    compiled backward's outputs, which become the parameters' `.grad` as they are; the next
+    micro-batch's replay overwrites them, and accumulating into them fails ("accessing tensor
+    output of CUDAGraphs that has been overwritten by a subsequent run": an H100 with
+    update_freq 2 or 4, README: On a GPU) or, in torch's own reports, sums wrongly
+    (pytorch/pytorch#169545, #146569). One foreach copy per micro-batch: 0.1 GB at the paper
+    student's size."""
+    if not (cfg.compile_layers and cfg.compile_mode == "reduce-overhead"):
+        return
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return
+    with torch.no_grad():
+        copies = torch._foreach_mul([p.grad for p in params], 1.0)  # new tensors, one launch per dtype and device
+    for param, copy in zip(params, copies):
+        param.grad = copy
 
 
 def compile_layers(model: torch.nn.Module, mode: str = "default") -> None:

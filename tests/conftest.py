@@ -54,8 +54,11 @@ def write_config(path: Path, cfg: dict) -> Path:
 
 
 def recipe_env() -> dict[str, str]:
-    """The environment path.sh sets up, for commands the tests start."""
-    return {**os.environ, "PYTHONPATH": str(REPO), "MAIN_ROOT": str(REPO),
+    """The environment path.sh sets up, for commands the tests start: the repository first on
+    PYTHONPATH, whatever was there kept after it (as path.sh keeps it: where fairseq or Hydra's
+    plugins are installed with --target, as on a GPU image)."""
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": pythonpath, "MAIN_ROOT": str(REPO),
             "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
 

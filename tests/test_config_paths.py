@@ -50,3 +50,12 @@ def test_teacher_training_runs_from_config_dir_conf(tiny_corpus, tiny_teacher, t
     run([*cmd, "optimization.max_update=2"])
     ckpt = torch.load(tmp_path / "checkpoints/checkpoint_last.pt", weights_only=False)
     assert ckpt["cfg"]["model"]["_name"] == "hubert" and ckpt["optimizer_history"][-1]["num_updates"] == 2
+
+
+def test_commands_the_tests_start_keep_an_installed_pythonpath(tmp_path, monkeypatch):
+    """Where fairseq is installed with `pip install --target DIR` and found through PYTHONPATH (a GPU
+    image), the commands the tests start must still find it, as path.sh keeps it."""
+    (tmp_path / "installed_elsewhere.py").write_text("WHERE = 'elsewhere'\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    proc = run(["python", "-c", "import installed_elsewhere, fairseq_plugin; print(installed_elsewhere.WHERE)"])
+    assert proc.stdout.strip() == "elsewhere"

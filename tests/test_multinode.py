@@ -254,11 +254,6 @@ submitit = pytest.mark.skipif(not installed("hydra_plugins.hydra_submitit_launch
                               reason="hydra-submitit-launcher is not installed")
 
 
-def plugin_env() -> dict[str, str]:
-    """recipe_env, keeping any PYTHONPATH already set (where Hydra may find its launcher plugins)."""
-    return {**recipe_env(), "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-
-
 @submitit
 @pytest.mark.parametrize("config", [["--config-dir", str(REPO / "conf"), "--config-name", "distill/paper"],
                                     ["--config-dir", str(REPO / "conf/distill"), "--config-name", "paper"]])
@@ -266,7 +261,7 @@ def test_submitit_slurm_run_config(config):
     def show(what: str) -> str:
         proc = subprocess.run(["fairseq-hydra-train", *config, "+run=submitit_slurm", "task.data=/data",
                                "task.teacher_checkpoint=/teacher.pt", "checkpoint.save_dir=/save", "--cfg", what],
-                              cwd=REPO, env=plugin_env(), capture_output=True, text=True)
+                              cwd=REPO, env=recipe_env(), capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc.stdout
 
@@ -285,7 +280,7 @@ def test_a_run_through_hydras_submitit_launcher(tiny_corpus, tiny_teacher, tmp_p
     job process), with submitit's local executor in place of SLURM."""
     cmd = distill_cmd(tiny_corpus, tiny_teacher, tmp_path, *GROWTH)
     cmd = [cmd[0], "-m", *cmd[1:], "hydra/launcher=submitit_local", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    proc = subprocess.run(cmd, cwd=REPO, env=plugin_env(), capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=REPO, env=recipe_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Submitit 'local' sweep output dir" in proc.stdout + proc.stderr
     log = (tmp_path / "sweep/0/hydra_train.log").read_text()

@@ -432,6 +432,7 @@ class DistillationTask(AudioPretrainingTask):
         # The student's precision is applied by the criterion (see there), in training, validation and probes alike.
         loss, sample_size, logging_output = super().train_step(sample, model, criterion, optimizer, update_num,
                                                                ignore_grad)
+        speed.own_graph_grads(model, self.cfg.speed)  # before the next micro-batch's replay overwrites them
         if "targets_from_cache" in sample:
             logging_output["cached_targets"] = float(sample["targets_from_cache"])
         if self.cfg.growth.rewarmup_updates > 0:  # fairseq logs the scheduled lr; this is the fraction used
