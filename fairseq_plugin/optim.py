@@ -45,6 +45,12 @@ class TorchAdamW(FairseqOptimizer):
                                             **self.optimizer_config)
 
     @property
+    def supports_flat_params(self) -> bool:
+        """AdamW is elementwise, so one flat tensor steps as its pieces would: fairseq's
+        FP16Optimizer (`common.fp16=true`) may keep its fp32 master copy flat."""
+        return True
+
+    @property
     def optimizer_config(self) -> dict:
         """What overrides the values saved in a checkpoint on resume (fairseq's convention)."""
         betas = self.cfg.adam_betas

@@ -58,3 +58,23 @@ def _with_grad(like: torch.Tensor, grad: torch.Tensor) -> torch.nn.Parameter:
     p = torch.nn.Parameter(torch.zeros_like(like))
     p.grad = grad  # fairseq's clip scales this tensor in place: `theirs` holds the clipped result
     return p
+
+
+def test_torch_adamw_steps_a_flat_master_copy_as_its_pieces():
+    """`common.fp16=true`: fairseq's FP16Optimizer keeps one flat fp32 master tensor and refuses an
+    optimizer that does not declare flat params (an H100 run of the fp16 test stopped on it)."""
+    shapes, steps = [(6, 4), (4,), (3, 2, 2)], 5
+    gen = torch.Generator().manual_seed(0)
+    grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(steps)]
+    pieces = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    flat = torch.nn.Parameter(torch.cat([p.detach().reshape(-1) for p in pieces]))
+    config = TorchAdamWConfig(lr=[0.01], adam_betas="(0.9,0.98)", adam_eps=1e-6, weight_decay=0.01)
+    by_piece, flat_optimizer = TorchAdamW(config, pieces), TorchAdamW(config, [flat])
+    assert flat_optimizer.supports_flat_params
+    for step_grads in grads:
+        for p, g in zip(pieces, step_grads):
+            p.grad = g.clone()
+        flat.grad = torch.cat([g.reshape(-1) for g in step_grads])
+        by_piece.step()
+        flat_optimizer.step()
+    torch.testing.assert_close(flat.detach(), torch.cat([p.detach().reshape(-1) for p in pieces]))
