@@ -16,7 +16,7 @@ layer norm) is just as fixed per crop, and a second cache of the same layout kee
 Transformer and nothing else.
 
 It fills as batches come by: a batch whose utterances are all filled is read from disk (in the
-data loader's workers, through memory maps); otherwise the teacher runs and its outputs are
+data loader's workers, through read-only memory maps); otherwise the teacher runs and its outputs are
 written (`pwrite`, synced), rows first and flags after, so a run killed in between recomputes
 those utterances and never reads half rows.
 Space is reserved (fallocate) when the cache is made, so a full disk is an error then, not a
@@ -124,12 +124,20 @@ class TeacherCache:
 
     def _open(self) -> None:
         self.index = np.load(self.dir / "index.npy")
-        self.filled = np.load(self.dir / "filled.npy", mmap_mode="r+")
-        self.rows = {k: np.load(self.dir / _file(k), mmap_mode="r+") for k in self.layers}  # read through
-        # Rows are written through the file, not the mapping: a store into fresh pages of a
-        # mapping faults page by page (0.4 GB/s on this project's CPU machine, against 2.6 GB/s for
-        # pwrite); readers' mappings see the same page cache.
-        self._files = {k: open(self.dir / _file(k), "r+b") for k in self.layers}
+        # Read-only maps: data loader workers, and runs that find the cache filled (one made once
+        # and shared, perhaps on a read-only mount), never hold it open for writing.
+        self.filled = np.load(self.dir / "filled.npy", mmap_mode="r")
+        self.rows = {k: np.load(self.dir / _file(k), mmap_mode="r") for k in self.layers}
+        self._writers = None
+
+    def _files(self) -> dict:
+        """Write handles of the rows and the flags, opened at the first write. Writes go through
+        the files, not the maps: a store into fresh pages of a map faults page by page (0.4 GB/s
+        on this project's CPU machine, against 2.6 GB/s for pwrite); every map of the files, in
+        this process or a worker, reads the same page cache."""
+        if self._writers is None:
+            self._writers = {k: open(self.dir / _file(k), "r+b") for k in [*self.layers, "filled"]}
+        return self._writers
 
     # Data loader workers reopen the files instead of receiving copies of the arrays.
     def __getstate__(self) -> dict:
@@ -150,11 +158,11 @@ class TeacherCache:
         """Targets of a batch, B x num_frames x dim fp16, zero past each utterance's own frames."""
         out = {}
         for k, rows in self.rows.items():
-            batch = torch.zeros(len(ids), num_frames, self.dim, dtype=torch.float16)
+            batch = np.zeros((len(ids), num_frames, self.dim), dtype=np.float16)  # filled from the read-only map
             for b, i in enumerate(ids.tolist()):
                 start, end = self.index[i], self.index[i + 1]
-                batch[b, :end - start] = torch.from_numpy(rows[start:end])
-            out[k] = batch
+                batch[b, :end - start] = rows[start:end]
+            out[k] = torch.from_numpy(batch)
         return out
 
     def write(self, ids: torch.Tensor, outputs: dict[int, torch.Tensor]) -> None:
@@ -162,14 +170,16 @@ class TeacherCache:
         new = [(b, i) for b, i in enumerate(ids.cpu().tolist()) if not self.filled[i]]  # first seen wins
         if not new:
             return
+        files = self._files()
         for k in self.layers:
             values = outputs[k].detach().to("cpu", torch.float16).numpy()
-            file, header, row_bytes = self._files[k], self.rows[k].offset, self.dim * 2
+            file, header, row_bytes = files[k], self.rows[k].offset, self.dim * 2
             for b, i in new:
                 start, end = self.index[i], self.index[i + 1]
                 _pwrite_all(file.fileno(), values[b, :end - start], header + int(start) * row_bytes)
             os.fdatasync(file.fileno())  # rows reach the disk before the flags that vouch for them
-        self.filled[[i for _, i in new]] = 1
+        for _, i in new:
+            os.pwrite(files["filled"].fileno(), b"\x01", self.filled.offset + i)
 
     def filled_fraction(self) -> float:
         return float(self.filled.mean()) if self.filled.size else 1.0

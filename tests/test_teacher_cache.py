@@ -183,3 +183,26 @@ def test_a_filled_cache_serves_a_run_from_its_first_batch(tiny_corpus, tiny_teac
     trained = distill(tiny_corpus, tiny_teacher, tmp_path / "run", "optimization.max_update=40",
                       "optimization.max_epoch=1", "model.encoder_layers=6", cache)
     assert epoch_cache_shares(trained.stdout + trained.stderr) == [1.0]
+
+
+def test_a_loader_workers_copy_reads_without_writing_and_sees_the_rows_written_after_it_opened(tmp_path):
+    """A data loader worker gets the cache pickled: it maps the files read-only and holds no write
+    handle (so a filled cache can be shared read-only), yet it reads the rows and flags the main
+    process writes after the worker started, through the same page cache."""
+    import pickle
+
+    cache = teacher_cache.TeacherCache(tmp_path, "train", np.array([3, 5, 2]), [4, 8], dim=6, fingerprint={"t": 1})
+    worker = pickle.loads(pickle.dumps(cache))
+    assert worker._writers is None
+    assert not worker.filled.flags.writeable and not any(rows.flags.writeable for rows in worker.rows.values())
+    ids = torch.tensor([2, 0])
+    assert not worker.has(ids)
+    outputs = {k: torch.randn(2, 5, 6) for k in (4, 8)}
+    cache.write(ids, outputs)
+    assert worker.has(ids) and not worker.has(torch.tensor([1]))
+    got = worker.read(ids, 5)
+    for k in (4, 8):
+        torch.testing.assert_close(got[k][0, :2], outputs[k][0, :2].half())  # utterance 2: 2 frames
+        torch.testing.assert_close(got[k][1, :3], outputs[k][1, :3].half())  # utterance 0: 3 frames
+        assert not got[k][0, 2:].any()  # zero past an utterance's own frames
+    assert worker._writers is None
