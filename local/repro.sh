@@ -93,8 +93,10 @@ fi
 if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
   local/export_upstream.sh "${teacher}" "${expdir}/upstreams/teacher"
   log "Stage 3: what each of the teacher's layers encodes -> ${expdir}/probe/layers.md"
+  # the teacher's feature store is stage 5's too (stamped: made once, read by both)
   python -m local.superb.layer_probe --upstream "teacher=${expdir}/upstreams/teacher/s3prl.pt" \
-    --config "${superb_config}" --datadir "${datadir}" --out "${expdir}/probe"
+    --config "${superb_config}" --datadir "${datadir}" --out "${expdir}/probe" \
+    --features-dir "${expdir}/superb/features" --nj "${nj}"
 fi
 
 # The student runs: <group> -> "operators|updates|extra overrides"; each seed's run lands in
