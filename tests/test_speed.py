@@ -246,8 +246,10 @@ def test_layers_compiled_with_cuda_graphs_train_in_fairseqs_own_loop(device, syn
     """compile_mode=reduce-overhead inside fairseq-hydra-train, as a user runs it: a dry-run
     validation before training, two micro-batches per update, dropout, a growth, the student
     alone from a teacher cache, DataLoader workers. On an H100 this failed at the first backward
-    ("accessing tensor output of CUDAGraphs that has been overwritten by a subsequent run") until
-    each micro-batch marked its step (speed.mark_graph_step)."""
+    ("accessing tensor output of CUDAGraphs that has been overwritten by a subsequent run"), with
+    each micro-batch marking its step (speed.mark_graph_step) or not; with one micro-batch per
+    update it trained. Each micro-batch now copies its gradients out of the graphs' memory
+    (speed.own_graph_grads); the cuda case has not run since."""
     distill(synthetic_corpus, synthetic_teacher, tmp_path, f"common.cpu={device == 'cpu'}", "model.encoder_layers=6",
             "dataset.num_workers=2", "optimization.update_freq=[2]", "optimization.max_update=6",
             f"task.speed.teacher_cache={tmp_path / 'cache'}", "task.speed.share_teacher_cnn=true",
